@@ -1,0 +1,3 @@
+//! `bridle`: the command-line entry point.
+
+fn main() {}

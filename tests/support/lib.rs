@@ -1,0 +1,1 @@
+//! Shared helpers for bridle's integration tests.

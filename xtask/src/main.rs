@@ -1,0 +1,3 @@
+//! `cargo xtask`: the one entry point for people and CI.
+
+fn main() {}
