@@ -32,3 +32,128 @@ pub fn workspace_root() -> PathBuf {
 pub fn shipped_policy(name: &str) -> PathBuf {
     workspace_root().join("policies").join(name)
 }
+
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+/// Fails the test unless it runs as root: kernel tests never skip silently.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs and creates cgroups: it must run as root (euid is {euid})"
+    );
+}
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Serialises the tests that load programs, so each can check that it left nothing behind.
+pub fn kernel_lock() -> MutexGuard<'static, ()> {
+    KERNEL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a finished process left.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status (128 + signal for a signal death).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion with a deadline; on the deadline it kills the process (by pid)
+/// and fails the test.
+pub fn finish(mut cmd: Command, deadline: Duration) -> Finished {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    Finished {
+        code: status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4)?))
+        })
+        .expect("a cgroup v2 mount")
+}
+
+/// cgroups that `bridle run` created and that still exist.
+pub fn leftover_run_cgroups() -> Vec<PathBuf> {
+    std::fs::read_dir(cgroup2_root())
+        .expect("list cgroup root")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("bridle-run-"))
+        })
+        .collect()
+}
+
+/// bridle's programs the kernel still has loaded, as `bpftool prog list` names them.
+pub fn loaded_bridle_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "list"])
+        .output()
+        .expect("bpftool is needed to list loaded programs (cargo xtask setup installs it)");
+    assert!(out.status.success(), "bpftool prog list failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| ["exec_guard", "connect4", "connect6"].iter().any(|n| l.contains(&format!("name {n} "))))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Pins under bridle's bpffs directory.
+pub fn leftover_pins() -> bool {
+    Path::new("/sys/fs/bpf/bridle").exists()
+}
+
+use std::path::Path;

@@ -1,2 +1,240 @@
-//! Types shared by the eBPF programs and user space.
+//! Types shared by bridle's eBPF programs and user space.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, because the kernel and user space
+//! read the same bytes: map keys, map values and ring-buffer events. The user half
+//! (`feature = "user"`) marks them `aya::Pod` so they can be stored in maps.
 #![no_std]
+
+/// How many cgroup levels the programs walk up from the current task to find its workloads.
+/// A workload nested deeper than this under the cgroup v2 root is refused at confine time.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+
+/// How many port rules one address entry can carry (a bounded loop in the kernel).
+pub const PORT_RULES: usize = 16;
+
+/// Bytes of the executed path copied into an event (the kernel's name for it, possibly relative).
+pub const PATH_LEN: usize = 256;
+
+/// Bytes of the task's comm.
+pub const COMM_LEN: usize = 16;
+
+/// No decision: the entry is absent or has expired.
+pub const EFFECT_NONE: u8 = 0;
+/// The operation goes ahead.
+pub const EFFECT_PERMIT: u8 = 1;
+/// The operation is refused (EPERM, or SIGKILL on the kill-on-exec tier).
+pub const EFFECT_REFUSE: u8 = 2;
+
+/// Verdict codes as the kernel reports them: the index of the engine's `Code` in `Code::ALL`.
+pub mod code {
+    /// A permit rule matched.
+    pub const PERMITTED: u8 = 0;
+    /// No rule matched; the workload's default decided.
+    pub const NO_MATCHING_RULE: u8 = 1;
+}
+
+/// Workload flag: observe mode. Nothing is refused; would-be refusals are reported.
+pub const WORKLOAD_OBSERVE: u32 = 1;
+
+/// A confined workload, keyed by the cgroup id (inode number) of its root cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// `WORKLOAD_*` flags.
+    pub flags: u32,
+    /// The effect for an exec that no entry covers (`EFFECT_PERMIT` or `EFFECT_REFUSE`).
+    pub exec_default: u8,
+    /// The effect for a connect that no entry covers.
+    pub connect_default: u8,
+    /// Padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+/// A compiled verdict for one object, as the engine issued it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// `EFFECT_PERMIT` or `EFFECT_REFUSE`.
+    pub effect: u8,
+    /// The verdict code (see [`code`]).
+    pub code: u8,
+    /// Padding; always zero.
+    pub _pad: [u8; 2],
+    /// Index of the deciding rule in the workload's rule table.
+    pub rule: u32,
+    /// Id of the signed permit this entry was compiled from (0: none).
+    pub permit_id: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds after which the entry counts as absent (0: never).
+    pub expires_ns: u64,
+}
+
+/// Key of the exec map: a file identity inside one workload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecKey {
+    /// The workload's cgroup id.
+    pub workload: u64,
+    /// The file's device, in the kernel's encoding (`major << 20 | minor`).
+    pub dev: u64,
+    /// The file's inode number.
+    pub ino: u64,
+}
+
+/// The data part of an IPv4 LPM-trie key: the workload id, then the address, both matched
+/// bit by bit, so the prefix length of an entry is `64 + cidr_len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net4Key {
+    /// The workload's cgroup id, native byte order (always fully matched).
+    pub workload: [u8; 8],
+    /// The address in network byte order.
+    pub addr: [u8; 4],
+}
+
+/// The data part of an IPv6 LPM-trie key (see [`Net4Key`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net6Key {
+    /// The workload's cgroup id, native byte order (always fully matched).
+    pub workload: [u8; 8],
+    /// The address in network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of an LPM key taken by the workload id.
+pub const NET_KEY_WORKLOAD_BITS: u32 = 64;
+
+/// One port range of an address entry and its decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// First port of the range (host byte order).
+    pub lo: u16,
+    /// Last port of the range, inclusive.
+    pub hi: u16,
+    /// Padding; always zero.
+    pub _pad: u32,
+    /// The decision for a destination in this range.
+    pub decision: Decision,
+}
+
+/// The value of an address entry: its port ranges, refusals first. The engine flattens every
+/// shorter prefix into each longer one, so the longest-prefix match alone gives the answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRules {
+    /// How many of `rules` are in use.
+    pub len: u32,
+    /// Padding; always zero.
+    pub _pad: u32,
+    /// The ranges; the first match wins, so refusals come first.
+    pub rules: [PortRule; PORT_RULES],
+}
+
+impl Default for PortRules {
+    fn default() -> Self {
+        PortRules {
+            len: 0,
+            _pad: 0,
+            rules: [PortRule::default(); PORT_RULES],
+        }
+    }
+}
+
+/// Event kind: an exec judged by the exec hook.
+pub const EVENT_EXEC: u8 = 1;
+/// Event kind: an IPv4 connect (or UDP sendmsg).
+pub const EVENT_CONNECT4: u8 = 2;
+/// Event kind: an IPv6 connect.
+pub const EVENT_CONNECT6: u8 = 3;
+
+/// Event flag: observe mode let through an operation that would have been refused.
+pub const EVENT_OBSERVED: u8 = 1;
+/// Event flag: the process was sent SIGKILL (kill-on-exec tier).
+pub const EVENT_KILLED: u8 = 2;
+
+/// A decision the kernel took, sent to user space through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `EVENT_EXEC`, `EVENT_CONNECT4` or `EVENT_CONNECT6`.
+    pub kind: u8,
+    /// `EFFECT_PERMIT` or `EFFECT_REFUSE` (what the policy says, even in observe mode).
+    pub effect: u8,
+    /// The verdict code.
+    pub code: u8,
+    /// `EVENT_*` flags.
+    pub flags: u8,
+    /// The deciding rule's index (meaningless when `code` is `NO_MATCHING_RULE`).
+    pub rule: u32,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Destination port (connect events), host byte order.
+    pub port: u16,
+    /// Padding; always zero.
+    pub _pad: u16,
+    /// The workload's cgroup id.
+    pub workload: u64,
+    /// The task's own cgroup id (may be a descendant of the workload's).
+    pub cgroup: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub time_ns: u64,
+    /// The permit the decision came from (0: none, e.g. a default).
+    pub permit_id: u64,
+    /// Executed file's device (kernel encoding).
+    pub dev: u64,
+    /// Executed file's inode.
+    pub ino: u64,
+    /// Destination address, network byte order (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// The task's comm.
+    pub comm: [u8; COMM_LEN],
+    /// The executed path as given to execve (NUL-terminated).
+    pub path: [u8; PATH_LEN],
+}
+
+/// Index in the stats map: events dropped because the ring buffer was full.
+pub const STAT_EVENTS_LOST: u32 = 0;
+/// Index in the stats map: operations judged.
+pub const STAT_JUDGED: u32 = 1;
+/// Index in the stats map: operations refused (or that would have been, in observe mode).
+pub const STAT_REFUSED: u32 = 2;
+/// Number of entries in the stats map.
+pub const STAT_COUNT: u32 = 3;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are repr(C), made of integers and byte arrays, with explicit
+    // padding fields, so every bit pattern is valid and there are no implicit holes.
+    unsafe impl aya::Pod for Workload {}
+    unsafe impl aya::Pod for Decision {}
+    unsafe impl aya::Pod for ExecKey {}
+    unsafe impl aya::Pod for Net4Key {}
+    unsafe impl aya::Pod for Net6Key {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for PortRules {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Workload>(), 8);
+        assert_eq!(size_of::<Decision>(), 24);
+        assert_eq!(size_of::<ExecKey>(), 24);
+        assert_eq!(size_of::<Net4Key>(), 12);
+        assert_eq!(size_of::<Net6Key>(), 24);
+        assert_eq!(size_of::<PortRule>(), 32);
+        assert_eq!(size_of::<PortRules>(), 8 + 32 * PORT_RULES);
+        assert_eq!(size_of::<Event>(), 104 + PATH_LEN);
+    }
+}

@@ -1,0 +1,3 @@
+//! The subcommands of the `bridle` binary, one module each.
+
+pub mod run;

@@ -1,0 +1,220 @@
+//! Turning a compiled policy into the kernel's map entries.
+//!
+//! The kernel judges an exec by file identity (device, inode), so every exec pattern is
+//! resolved here against the filesystem: each file a pattern names is resolved (symlinks
+//! followed), judged by the engine itself, and entered under its identity. The kernel entry and
+//! the engine's verdict therefore agree by construction, and a hard link or bind mount of a
+//! refused file is refused too. Address rules arrive already flattened by the engine.
+
+use anyhow::{bail, Context, Result};
+use bridle_common::{Decision, ExecKey, PortRule, PortRules, EFFECT_PERMIT, EFFECT_REFUSE, PORT_RULES};
+use bridle_engine::{Code, Compiled, Effect, Engine, ExecPattern, Object, PortEntry, RuleId};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+/// How many directory entries one policy's exec patterns may make bridle visit.
+const WALK_LIMIT: usize = 500_000;
+
+/// Everything one workload needs in the kernel.
+#[derive(Debug, Default)]
+pub struct KernelEntries {
+    /// Exec decisions by file identity.
+    pub exec: Vec<(ExecKey, Decision)>,
+    /// IPv4 entries: (prefix length, address, port rules).
+    pub net4: Vec<(u8, [u8; 4], PortRules)>,
+    /// IPv6 entries: (prefix length, address, port rules).
+    pub net6: Vec<(u8, [u8; 16], PortRules)>,
+    /// Resolved exec files by identity, to name them in events.
+    pub exec_paths: HashMap<(u64, u64), PathBuf>,
+    /// What the policy says that this kernel tier does not enforce, in the operator's words.
+    pub not_enforced: Vec<String>,
+}
+
+/// The kernel's encoding of a device number (`MKDEV`: major in the high 12 bits of 32).
+pub fn kernel_dev(st_dev: u64) -> u64 {
+    let major = libc::major(st_dev) as u64;
+    let minor = libc::minor(st_dev) as u64;
+    (major << 20) | minor
+}
+
+fn effect_byte(effect: Effect) -> u8 {
+    match effect {
+        Effect::Permit => EFFECT_PERMIT,
+        // Invalidate never reaches a per-object entry; treat it as the refusal it implies.
+        Effect::Refuse | Effect::Invalidate => EFFECT_REFUSE,
+    }
+}
+
+fn rule_index(compiled: &Compiled, name: Option<&str>) -> u32 {
+    name.and_then(|n| compiled.rules.iter().position(|r| r.name == n))
+        .map(|i| i as u32)
+        .unwrap_or(u32::MAX)
+}
+
+/// Builds the entries of `compiled` (the policy `engine` judges) for workload `workload`.
+pub fn build(engine: &Engine, compiled: &Compiled, workload: u64) -> Result<KernelEntries> {
+    let mut out = KernelEntries::default();
+    build_exec(engine, compiled, workload, &mut out)?;
+    for entry in &compiled.net4 {
+        out.net4.push((
+            entry.prefix_len,
+            entry.addr.octets(),
+            port_rules(compiled, &entry.ports, &format!("{}/{}", entry.addr, entry.prefix_len))?,
+        ));
+    }
+    for entry in &compiled.net6 {
+        out.net6.push((
+            entry.prefix_len,
+            entry.addr.octets(),
+            port_rules(compiled, &entry.ports, &format!("[{}]/{}", entry.addr, entry.prefix_len))?,
+        ));
+    }
+    for host in &compiled.hosts {
+        out.not_enforced.push(format!(
+            "host-name rule {:?} is not enforced yet (no DNS resolver): connects to it fall to the default",
+            host
+        ));
+    }
+    if !compiled.unix.is_empty() || compiled.raw.is_some() {
+        out.not_enforced.push(
+            "unix-socket and raw-socket rules are not enforced by this version".to_owned(),
+        );
+    }
+    Ok(out)
+}
+
+fn port_rules(compiled: &Compiled, ports: &[PortEntry], what: &str) -> Result<PortRules> {
+    if ports.len() > PORT_RULES {
+        bail!(
+            "{what} carries {} port ranges; the kernel holds at most {PORT_RULES} per address prefix",
+            ports.len()
+        );
+    }
+    let mut rules = PortRules {
+        len: ports.len() as u32,
+        ..PortRules::default()
+    };
+    for (slot, port) in rules.rules.iter_mut().zip(ports) {
+        let RuleId(rule) = port.rule;
+        let code = compiled
+            .rules
+            .get(rule as usize)
+            .map(|r| r.code)
+            .unwrap_or(Code::NoMatchingRule);
+        *slot = PortRule {
+            lo: port.lo,
+            hi: port.hi,
+            _pad: 0,
+            decision: Decision {
+                effect: effect_byte(port.effect),
+                code: code.index(),
+                rule,
+                ..Decision::default()
+            },
+        };
+    }
+    Ok(rules)
+}
+
+fn build_exec(engine: &Engine, compiled: &Compiled, workload: u64, out: &mut KernelEntries) -> Result<()> {
+    let mut candidates = BTreeSet::new();
+    let mut budget = WALK_LIMIT;
+    for entry in &compiled.exec {
+        collect(&entry.pattern, &mut candidates, &mut budget)?;
+    }
+    let mut by_identity: HashMap<ExecKey, Decision> = HashMap::new();
+    for path in candidates {
+        let Ok(resolved) = fs::canonicalize(&path) else {
+            continue; // a dangling link executes nothing
+        };
+        let Ok(meta) = fs::metadata(&resolved) else {
+            continue;
+        };
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
+        }
+        let verdict = engine.judge(&Object::Exec(resolved.clone()));
+        let decision = Decision {
+            effect: effect_byte(verdict.effect),
+            code: verdict.code.index(),
+            rule: rule_index(compiled, verdict.rule.as_deref()),
+            ..Decision::default()
+        };
+        let key = ExecKey {
+            workload,
+            dev: kernel_dev(meta.dev()),
+            ino: meta.ino(),
+        };
+        out.exec_paths.insert((key.dev, key.ino), resolved);
+        // Two paths to one file (hard link, bind mount): a refusal of either wins.
+        by_identity
+            .entry(key)
+            .and_modify(|d| {
+                if decision.effect == EFFECT_REFUSE {
+                    *d = decision;
+                }
+            })
+            .or_insert(decision);
+    }
+    out.exec = by_identity.into_iter().collect();
+    Ok(())
+}
+
+/// Adds every existing path that `pattern` matches.
+fn collect(pattern: &ExecPattern, into: &mut BTreeSet<PathBuf>, budget: &mut usize) -> Result<()> {
+    let start = pattern.static_prefix();
+    if pattern.matches(start) {
+        into.insert(start.to_path_buf());
+    }
+    let depth = if pattern.is_recursive() {
+        usize::MAX
+    } else {
+        Path::new(pattern.as_str()).components().count() - start.components().count()
+    };
+    walk(pattern, start, depth, into, budget)
+}
+
+fn walk(pattern: &ExecPattern, dir: &Path, depth: usize, into: &mut BTreeSet<PathBuf>, budget: &mut usize) -> Result<()> {
+    if depth == 0 {
+        return Ok(());
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(()); // a pattern may name a directory that does not exist on this host
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        *budget = budget.checked_sub(1).with_context(|| {
+            format!(
+                "exec patterns reach more than {WALK_LIMIT} files (at {}); narrow the patterns",
+                dir.display()
+            )
+        })?;
+        let path = entry.path();
+        if pattern.matches(&path) {
+            into.insert(path.clone());
+        }
+        // Never descend through symlinks: a link loop must not hang the compile.
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            walk(pattern, &path, depth - 1, into, budget)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_dev_matches_mkdev() {
+        // 259:3 (nvme) and 8:17 with a minor above 255.
+        let st = libc::makedev(259, 3);
+        assert_eq!(kernel_dev(st), (259 << 20) | 3);
+        let st = libc::makedev(8, 300);
+        assert_eq!(kernel_dev(st), (8 << 20) | 300);
+    }
+}

@@ -1,0 +1,210 @@
+//! Decoding the kernel's decision events.
+
+use bridle_common::{
+    Event, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED,
+};
+use bridle_engine::Code;
+use std::{
+    ffi::CStr,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+/// What was judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// An exec, by the path given to execve and the file's identity.
+    Exec {
+        /// The path as the process passed it (may be relative).
+        path: String,
+        /// Device (kernel encoding).
+        dev: u64,
+        /// Inode.
+        ino: u64,
+    },
+    /// A connect to an address.
+    Connect(SocketAddr),
+}
+
+impl Operation {
+    /// `exec` or `connect`.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Operation::Exec { .. } => "exec",
+            Operation::Connect(_) => "connect",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation::Exec { path, .. } => write!(f, "exec {path}"),
+            Operation::Connect(addr) => write!(f, "connect {addr}"),
+        }
+    }
+}
+
+/// One kernel decision, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    /// What was judged.
+    pub operation: Operation,
+    /// Whether the policy permits it (in observe mode: whether it would have).
+    pub permitted: bool,
+    /// The policy's code (in observe mode: the code it would have carried).
+    pub code: Option<Code>,
+    /// Index of the deciding rule in the workload's rule table (`u32::MAX`: none).
+    pub rule: u32,
+    /// Observe mode let it through although the policy refuses it.
+    pub observed: bool,
+    /// The process was killed (kill-on-exec tier).
+    pub killed: bool,
+    /// Process id.
+    pub tgid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// The task's comm.
+    pub comm: String,
+    /// The workload's cgroup id.
+    pub workload: u64,
+    /// The permit the kernel entry came from (0: none).
+    pub permit_id: u64,
+}
+
+impl Decided {
+    /// Decodes a ring-buffer record; `None` if it is not an event this version knows.
+    pub fn decode(bytes: &[u8]) -> Option<Decided> {
+        if bytes.len() < std::mem::size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: the record is at least one Event long, Event is plain old data, and
+        // read_unaligned makes no alignment assumption about the ring buffer's bytes.
+        let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let operation = match ev.kind {
+            EVENT_EXEC => Operation::Exec {
+                path: c_string(&ev.path),
+                dev: ev.dev,
+                ino: ev.ino,
+            },
+            EVENT_CONNECT4 => {
+                let ip = Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]);
+                Operation::Connect(SocketAddr::new(IpAddr::V4(ip), ev.port))
+            }
+            EVENT_CONNECT6 => Operation::Connect(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(ev.addr)),
+                ev.port,
+            )),
+            _ => return None,
+        };
+        Some(Decided {
+            operation,
+            permitted: ev.effect == EFFECT_PERMIT,
+            code: Code::from_index(ev.code),
+            rule: ev.rule,
+            observed: ev.flags & EVENT_OBSERVED != 0,
+            killed: ev.flags & EVENT_KILLED != 0,
+            tgid: ev.tgid,
+            uid: ev.uid,
+            comm: c_string(&ev.comm),
+            workload: ev.workload,
+            permit_id: ev.permit_id,
+        })
+    }
+
+    /// The one-line report for an operator, e.g.
+    /// `bridle: refused exec /usr/bin/curl (NO_MATCHING_RULE)`; `rule_name` names rule indices.
+    pub fn report_line(&self, rule_name: impl Fn(u32) -> Option<String>) -> String {
+        let code = self.code.map(|c| c.as_str()).unwrap_or("UNKNOWN_CODE");
+        let rule = rule_name(self.rule)
+            .map(|r| format!(", rule {r}"))
+            .unwrap_or_default();
+        if self.observed {
+            format!(
+                "bridle: observed {} ({}: would be refused, {code}{rule})",
+                self.operation,
+                Code::Observed.as_str()
+            )
+        } else if self.permitted {
+            format!("bridle: permitted {} ({code}{rule})", self.operation)
+        } else {
+            format!("bridle: refused {} ({code}{rule})", self.operation)
+        }
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    CStr::from_bytes_until_nul(bytes)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bridle_common::{COMM_LEN, EFFECT_REFUSE, PATH_LEN};
+
+    fn event(kind: u8) -> Event {
+        Event {
+            kind,
+            effect: EFFECT_REFUSE,
+            code: Code::NoMatchingRule.index(),
+            flags: 0,
+            rule: u32::MAX,
+            pid: 7,
+            tgid: 7,
+            uid: 0,
+            port: 443,
+            _pad: 0,
+            workload: 1,
+            cgroup: 1,
+            time_ns: 0,
+            permit_id: 0,
+            dev: 0,
+            ino: 0,
+            addr: [0; 16],
+            comm: [0; COMM_LEN],
+            path: [0; PATH_LEN],
+        }
+    }
+
+    fn bytes(ev: &Event) -> Vec<u8> {
+        // SAFETY: Event is plain old data.
+        unsafe {
+            std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), std::mem::size_of::<Event>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_refused_exec() {
+        let mut ev = event(EVENT_EXEC);
+        ev.path[..13].copy_from_slice(b"/usr/bin/curl");
+        let d = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(
+            d.report_line(|_| None),
+            "bridle: refused exec /usr/bin/curl (NO_MATCHING_RULE)"
+        );
+    }
+
+    #[test]
+    fn decodes_connects_and_observed() {
+        let mut ev = event(EVENT_CONNECT4);
+        ev.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.flags = EVENT_OBSERVED;
+        let d = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(
+            d.report_line(|_| Some("x".into())),
+            "bridle: observed connect 127.0.0.1:443 (OBSERVED: would be refused, NO_MATCHING_RULE, rule x)"
+        );
+        let mut ev = event(EVENT_CONNECT6);
+        ev.addr[15] = 1;
+        let d = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(d.operation, Operation::Connect("[::1]:443".parse().expect("addr")));
+    }
+
+    #[test]
+    fn rejects_short_records() {
+        assert_eq!(Decided::decode(&[0u8; 8]), None);
+    }
+}

@@ -1,0 +1,77 @@
+// CO-RE accessors for the kernel structures bridle's programs read.
+//
+// Rust eBPF code has no CO-RE field relocations, so every kernel struct field is read here,
+// through clang's preserve_access_index: the loader rewrites each offset against the running
+// kernel's BTF, and one object works across kernels whose layouts differ. Only the fields
+// named below are declared; their offsets come from the kernel, never from this file.
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+struct super_block {
+	u32 s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+	unsigned int i_nlink;
+	struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct linux_binprm {
+	struct file *file;
+	const char *filename;
+} __attribute__((preserve_access_index));
+
+static long (*bpf_probe_read_kernel)(void *dst, u32 size, const void *unsafe_ptr) = (void *)113;
+
+#define READ_KERNEL(dst, src) \
+	bpf_probe_read_kernel(&(dst), sizeof(dst), __builtin_preserve_access_index(&(src)))
+
+// What the exec hook needs to know about the file being executed.
+struct bridle_exec_file {
+	u64 dev;
+	u64 ino;
+	u64 filename;
+	u32 nlink;
+	u32 _pad;
+};
+
+// Fills `out` from `bprm`; returns 0, or a negative errno when a read faults.
+__attribute__((always_inline)) int bridle_read_exec_file(const struct linux_binprm *bprm,
+							  struct bridle_exec_file *out)
+{
+	struct file *file = 0;
+	struct inode *inode = 0;
+	struct super_block *sb = 0;
+	const char *filename = 0;
+	unsigned long ino = 0;
+	unsigned int nlink = 0;
+	u32 dev = 0;
+	long err;
+
+	if ((err = READ_KERNEL(file, bprm->file)))
+		return err;
+	if ((err = READ_KERNEL(filename, bprm->filename)))
+		return err;
+	if ((err = READ_KERNEL(inode, file->f_inode)))
+		return err;
+	if ((err = READ_KERNEL(ino, inode->i_ino)))
+		return err;
+	if ((err = READ_KERNEL(nlink, inode->i_nlink)))
+		return err;
+	if ((err = READ_KERNEL(sb, inode->i_sb)))
+		return err;
+	if ((err = READ_KERNEL(dev, sb->s_dev)))
+		return err;
+	out->dev = dev;
+	out->ino = ino;
+	out->filename = (u64)filename;
+	out->nlink = nlink;
+	out->_pad = 0;
+	return 0;
+}

@@ -1,0 +1,341 @@
+//! bridle's eBPF programs.
+//!
+//! Every decision here is a lookup of an entry the engine compiled from a policy: the programs
+//! hold no policy logic of their own beyond "refuse overrides permit" across nested workloads,
+//! "an expired entry is absent", and the workload's default for an object no entry covers.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel_str_bytes, bpf_send_signal,
+    },
+    macros::{cgroup_sock_addr, map, raw_tracepoint},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, SockAddrContext},
+};
+use bridle_common::{
+    code, Decision, Event, ExecKey, Net4Key, Net6Key, PortRules, Workload, COMM_LEN,
+    EFFECT_PERMIT, EFFECT_REFUSE, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED,
+    EVENT_OBSERVED, MAX_CGROUP_DEPTH, NET_KEY_WORKLOAD_BITS, PORT_RULES, STAT_COUNT,
+    STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED, WORKLOAD_OBSERVE,
+};
+
+const SIGKILL: u32 = 9;
+/// sock_addr programs: 1 lets the operation go ahead, 0 makes it fail with EPERM.
+const SOCK_ALLOW: i32 = 1;
+const SOCK_DENY: i32 = 0;
+
+/// Confined workloads by the cgroup id of their root.
+#[map]
+static WORKLOADS: HashMap<u64, Workload> = HashMap::with_max_entries(4096, 0);
+
+/// Exec decisions by (workload, device, inode).
+#[map]
+static EXEC_RULES: HashMap<ExecKey, Decision> =
+    HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+
+/// IPv4 connect decisions by (workload, address prefix).
+#[map]
+static NET4_RULES: LpmTrie<Net4Key, PortRules> = LpmTrie::with_max_entries(1 << 18, 0);
+
+/// IPv6 connect decisions by (workload, address prefix); IPv4-mapped addresses included.
+#[map]
+static NET6_RULES: LpmTrie<Net6Key, PortRules> = LpmTrie::with_max_entries(1 << 18, 0);
+
+/// Decisions for user space. Permits are queued without a wakeup; refusals wake the reader.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU counters (`STAT_*`), so that nothing, not even a lost event, goes uncounted.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+unsafe extern "C" {
+    /// Reads the executed file's identity from a `struct linux_binprm` (CO-RE, see core.c).
+    fn bridle_read_exec_file(bprm: *const u8, out: *mut ExecFile) -> i32;
+}
+
+/// Mirrors `struct bridle_exec_file` in core.c.
+#[repr(C)]
+struct ExecFile {
+    dev: u64,
+    ino: u64,
+    filename: u64,
+    nlink: u32,
+    _pad: u32,
+}
+
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(stat) {
+        // SAFETY: a per-CPU slot is only touched by programs running on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The decision of one workload: the entry if present and live, else the default.
+#[inline(always)]
+fn live(entry: Option<&Decision>, default: u8, now: u64) -> Decision {
+    if let Some(d) = entry {
+        if d.expires_ns == 0 || now <= d.expires_ns {
+            return *d;
+        }
+    }
+    Decision {
+        effect: default,
+        code: code::NO_MATCHING_RULE,
+        _pad: [0; 2],
+        rule: u32::MAX,
+        permit_id: 0,
+        expires_ns: 0,
+    }
+}
+
+/// The combined verdict over every workload the current task belongs to (nested workloads are
+/// judged by each policy; the first refusal, from the outermost, decides).
+struct Judgement {
+    found: bool,
+    workload: u64,
+    observe: bool,
+    decision: Decision,
+}
+
+#[inline(always)]
+fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut out = Judgement {
+        found: false,
+        workload: 0,
+        observe: false,
+        decision: Decision::default(),
+    };
+    for level in 1..=MAX_CGROUP_DEPTH {
+        // SAFETY: a plain helper call.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: values are written whole by user space and never mutated here.
+        let Some(w) = (unsafe { WORKLOADS.get(&id) }) else {
+            continue;
+        };
+        let d = decide(id, w, now);
+        let refused_before = out.found && out.decision.effect != EFFECT_PERMIT;
+        if !refused_before {
+            out.workload = id;
+            out.observe = w.flags & WORKLOAD_OBSERVE != 0;
+            out.decision = d;
+        }
+        out.found = true;
+    }
+    out
+}
+
+/// Queues an event; refusals wake the reader, permits wait for its timer.
+#[inline(always)]
+fn emit(j: &Judgement, kind: u8, flags: u8, fill: impl FnOnce(&mut Event)) {
+    let wake = if j.decision.effect == EFFECT_PERMIT {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    };
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        count(STAT_EVENTS_LOST);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot of Event size; every
+    // field is written before submit.
+    unsafe {
+        (*ev).kind = kind;
+        (*ev).effect = j.decision.effect;
+        (*ev).code = j.decision.code;
+        (*ev).flags = flags;
+        (*ev).rule = j.decision.rule;
+        (*ev).pid = pid_tgid as u32;
+        (*ev).tgid = (pid_tgid >> 32) as u32;
+        (*ev).uid = bpf_get_current_uid_gid() as u32;
+        (*ev).port = 0;
+        (*ev)._pad = 0;
+        (*ev).workload = j.workload;
+        (*ev).cgroup = bpf_get_current_cgroup_id();
+        (*ev).time_ns = bpf_ktime_get_boot_ns();
+        (*ev).permit_id = j.decision.permit_id;
+        (*ev).dev = 0;
+        (*ev).ino = 0;
+        (*ev).addr = [0; 16];
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        (*ev).path[0] = 0;
+        fill(&mut *ev);
+    }
+    slot.submit(wake as u64);
+}
+
+/// Kill-on-exec tier: judges every exec of a confined task after the point of no return and
+/// sends SIGKILL for a refusal, so the new image never runs an instruction.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
+    // The tracepoint's third argument is the `struct linux_binprm *`.
+    let bprm: *const u8 = ctx.arg(2);
+    let mut file = ExecFile {
+        dev: 0,
+        ino: 0,
+        filename: 0,
+        nlink: 0,
+        _pad: 0,
+    };
+    let mut read = false;
+    let mut read_failed = false;
+    let j = judge(|id, w, now| {
+        if !read {
+            read = true;
+            // SAFETY: `bprm` comes from the tracepoint; the accessor only probe-reads it.
+            read_failed = unsafe { bridle_read_exec_file(bprm, &mut file) } != 0;
+        }
+        if read_failed {
+            // Unknown file: fail closed.
+            return Decision {
+                effect: EFFECT_REFUSE,
+                code: code::NO_MATCHING_RULE,
+                rule: u32::MAX,
+                ..Decision::default()
+            };
+        }
+        let key = ExecKey {
+            workload: id,
+            dev: file.dev,
+            ino: file.ino,
+        };
+        // SAFETY: see WORKLOADS.
+        live(unsafe { EXEC_RULES.get(&key) }, w.exec_default, now)
+    });
+    if !j.found {
+        return 0;
+    }
+    count(STAT_JUDGED);
+    let mut flags = 0;
+    if j.decision.effect != EFFECT_PERMIT {
+        count(STAT_REFUSED);
+        if j.observe {
+            flags = EVENT_OBSERVED;
+        } else {
+            // SAFETY: a plain helper call; it signals the current (exec'ing) process.
+            unsafe { bpf_send_signal(SIGKILL) };
+            flags = EVENT_KILLED;
+        }
+    }
+    emit(&j, EVENT_EXEC, flags, |ev| {
+        ev.dev = file.dev;
+        ev.ino = file.ino;
+        if file.filename != 0 {
+            // SAFETY: a probe read of a kernel string into the event's own buffer.
+            let _ = unsafe {
+                bpf_probe_read_kernel_str_bytes(file.filename as *const u8, &mut ev.path)
+            };
+        }
+    });
+    0
+}
+
+#[inline(always)]
+fn port_decision(rules: Option<&PortRules>, port: u16, default: u8, now: u64) -> Decision {
+    if let Some(rules) = rules {
+        for i in 0..PORT_RULES {
+            if i as u32 >= rules.len {
+                break;
+            }
+            let r = &rules.rules[i];
+            if r.lo <= port && port <= r.hi {
+                return live(Some(&r.decision), default, now);
+            }
+        }
+    }
+    live(None, default, now)
+}
+
+#[inline(always)]
+fn finish_connect(j: Judgement, kind: u8, port: u16, addr: [u8; 16]) -> i32 {
+    if !j.found {
+        // The program only runs for sockets born in a confined cgroup. A task outside every
+        // workload using such a socket cannot be judged by any policy: fail closed.
+        return SOCK_DENY;
+    }
+    count(STAT_JUDGED);
+    let refused = j.decision.effect != EFFECT_PERMIT;
+    let mut flags = 0;
+    if refused {
+        count(STAT_REFUSED);
+        if j.observe {
+            flags = EVENT_OBSERVED;
+        }
+    }
+    emit(&j, kind, flags, |ev| {
+        ev.port = port;
+        ev.addr = addr;
+    });
+    if refused && !j.observe {
+        SOCK_DENY
+    } else {
+        SOCK_ALLOW
+    }
+}
+
+/// Judges IPv4 connects (TCP and connected UDP) of sockets born in a confined cgroup.
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context is the kernel's bpf_sock_addr, readable in this program type.
+    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
+    let ip = ip.to_ne_bytes();
+    let port = u16::from_be(port as u16);
+    let j = judge(|id, w, now| {
+        let key = Key::new(
+            NET_KEY_WORKLOAD_BITS + 32,
+            Net4Key {
+                workload: id.to_ne_bytes(),
+                addr: ip,
+            },
+        );
+        port_decision(NET4_RULES.get(&key), port, w.connect_default, now)
+    });
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip);
+    finish_connect(j, EVENT_CONNECT4, port, addr)
+}
+
+/// Judges IPv6 connects; IPv4-mapped destinations meet the IPv4 rules the engine mapped in.
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as in connect4.
+    let (words, port) = unsafe { ((*ctx.sock_addr).user_ip6, (*ctx.sock_addr).user_port) };
+    let mut addr = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let port = u16::from_be(port as u16);
+    let j = judge(|id, w, now| {
+        let key = Key::new(
+            NET_KEY_WORKLOAD_BITS + 128,
+            Net6Key {
+                workload: id.to_ne_bytes(),
+                addr,
+            },
+        );
+        port_decision(NET6_RULES.get(&key), port, w.connect_default, now)
+    });
+    finish_connect(j, EVENT_CONNECT6, port, addr)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
