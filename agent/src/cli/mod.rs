@@ -1,0 +1,4 @@
+//! The subcommands, one module each; each exposes `run(args) -> anyhow::Result<ExitCode>`.
+
+pub mod explain;
+pub mod policy;
