@@ -10,7 +10,16 @@ fn main() {
     let bitcode = out_dir.join("core.bc");
     let clang = env::var("BRIDLE_CLANG").unwrap_or_else(|_| "clang-22".to_owned());
     let status = Command::new(&clang)
-        .args(["-target", "bpf", "-O2", "-g", "-emit-llvm", "-c", "src/core.c", "-o"])
+        .args([
+            "-target",
+            "bpf",
+            "-O2",
+            "-g",
+            "-emit-llvm",
+            "-c",
+            "src/core.c",
+            "-o",
+        ])
         .arg(&bitcode)
         .status()
         .unwrap_or_else(|err| panic!("cannot run {clang} (run `cargo xtask setup`): {err}"));

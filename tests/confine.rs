@@ -103,13 +103,27 @@ fn bridle_run(policy: &Path, extra: &[&str], script: &str) -> Command {
 }
 
 fn assert_clean(context: &str) {
-    assert_eq!(leftover_run_cgroups(), Vec::<PathBuf>::new(), "{context}: cgroups left");
-    assert_eq!(loaded_bridle_programs(), Vec::<String>::new(), "{context}: programs left");
-    assert!(!leftover_pins(), "{context}: pins left under /sys/fs/bpf/bridle");
+    assert_eq!(
+        leftover_run_cgroups(),
+        Vec::<PathBuf>::new(),
+        "{context}: cgroups left"
+    );
+    assert_eq!(
+        loaded_bridle_programs(),
+        Vec::<String>::new(),
+        "{context}: programs left"
+    );
+    assert!(
+        !leftover_pins(),
+        "{context}: pins left under /sys/fs/bpf/bridle"
+    );
 }
 
 fn show(f: &Finished) -> String {
-    format!("exit {}\n--- stdout\n{}--- stderr\n{}", f.code, f.stdout, f.stderr)
+    format!(
+        "exit {}\n--- stdout\n{}--- stderr\n{}",
+        f.code, f.stdout, f.stderr
+    )
 }
 
 #[test]
@@ -134,7 +148,10 @@ fn permitted_exec_runs_and_refused_exec_never_runs() {
     assert!(f.stdout.contains("unnamed=137"), "{ctx}");
     assert!(f.stdout.contains("named=137"), "{ctx}");
     assert!(!unnamed.exists(), "the unnamed tool ran its code\n{ctx}");
-    assert!(!named.exists(), "the refused /usr/bin/touch ran its code\n{ctx}");
+    assert!(
+        !named.exists(),
+        "the refused /usr/bin/touch ran its code\n{ctx}"
+    );
     assert!(
         f.stderr.contains(&format!(
             "bridle: refused exec {} (NO_MATCHING_RULE)",
@@ -203,7 +220,10 @@ fn observe_mode_lets_everything_through_and_reports() {
     let ctx = show(&f);
     assert_eq!(f.code, 0, "{ctx}");
     assert!(f.stdout.contains("tool=0"), "{ctx}");
-    assert!(marker.exists(), "observe mode must not stop the exec\n{ctx}");
+    assert!(
+        marker.exists(),
+        "observe mode must not stop the exec\n{ctx}"
+    );
     assert!(f.stdout.contains(&format!("connect {no}: ok")), "{ctx}");
     assert!(
         f.stderr.contains(&format!(
@@ -253,7 +273,10 @@ fn sigterm_ends_the_workload_and_outsiders_are_unaffected_meanwhile() {
         .arg(&outside)
         .status()
         .expect("run tool outside");
-    assert!(status.success() && outside.exists(), "an outsider's exec was affected");
+    assert!(
+        status.success() && outside.exists(),
+        "an outsider's exec was affected"
+    );
     TcpStream::connect(Scene::addr(&scene.refused)).expect("an outsider's connect was affected");
 
     // SAFETY: kill(2) on the pid of the child this test started.

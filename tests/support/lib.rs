@@ -54,7 +54,9 @@ static KERNEL: Mutex<()> = Mutex::new(());
 
 /// Serialises the tests that load programs, so each can check that it left nothing behind.
 pub fn kernel_lock() -> MutexGuard<'static, ()> {
-    KERNEL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    KERNEL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a finished process left.
@@ -146,7 +148,11 @@ pub fn loaded_bridle_programs() -> Vec<String> {
     assert!(out.status.success(), "bpftool prog list failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| ["exec_guard", "connect4", "connect6"].iter().any(|n| l.contains(&format!("name {n} "))))
+        .filter(|l| {
+            ["exec_guard", "connect4", "connect6"]
+                .iter()
+                .any(|n| l.contains(&format!("name {n} ")))
+        })
         .map(str::to_owned)
         .collect()
 }

@@ -68,11 +68,19 @@ pub fn run(bin: &Path) -> Result<()> {
         samples: vec![],
     };
     for round in 0..ROUNDS {
-        let order: [bool; 2] = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let order: [bool; 2] = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for inside in order {
             let mut cmd = if inside {
                 let mut c = Command::new(bin);
-                c.arg("run").arg("--policy").arg(&policy).arg("--").arg(&probe);
+                c.arg("run")
+                    .arg("--policy")
+                    .arg(&policy)
+                    .arg("--")
+                    .arg(&probe);
                 c
             } else {
                 Command::new(&probe)
@@ -86,7 +94,8 @@ pub fn run(bin: &Path) -> Result<()> {
             }
         }
     }
-    let mut md = String::from("| figure | median µs | min–max µs | ratio to bare |\n|---|---|---|---|\n");
+    let mut md =
+        String::from("| figure | median µs | min–max µs | ratio to bare |\n|---|---|---|---|\n");
     let mut csv = String::from("figure,median_us,min_us,max_us,ratio\n");
     let base = bare.median();
     for f in [&bare, &confined] {
@@ -100,7 +109,15 @@ pub fn run(bin: &Path) -> Result<()> {
             f.max(),
             ratio
         )?;
-        writeln!(csv, "{},{:.3},{:.3},{:.3},{:.4}", f.name, f.median(), f.min(), f.max(), ratio)?;
+        writeln!(
+            csv,
+            "{},{:.3},{:.3},{:.3},{:.4}",
+            f.name,
+            f.median(),
+            f.min(),
+            f.max(),
+            ratio
+        )?;
     }
     fs::write(out_dir.join("report.md"), &md)?;
     fs::write(out_dir.join("report.csv"), &csv)?;
@@ -112,10 +129,7 @@ pub fn run(bin: &Path) -> Result<()> {
 fn measure(cmd: &mut Command) -> Result<f64> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     text.trim()

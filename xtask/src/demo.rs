@@ -2,13 +2,7 @@
 //! kernel refuse one exec and one connect while it permits one of each, live.
 
 use anyhow::{bail, Context, Result};
-use std::{
-    io::Read,
-    net::TcpListener,
-    path::Path,
-    process::Command,
-    thread,
-};
+use std::{io::Read, net::TcpListener, path::Path, process::Command, thread};
 
 /// The workload: a shell script that tries each operation and says what it saw.
 const SCRIPT: &str = r#"

@@ -143,7 +143,13 @@ fn test() -> Result<()> {
     }
     run_cmd(
         cargo()
-            .args(["test", "--package", "bridle-tests", "--", "--test-threads=2"])
+            .args([
+                "test",
+                "--package",
+                "bridle-tests",
+                "--",
+                "--test-threads=2",
+            ])
             .env("BRIDLE_BIN", &bin),
     )
 }

@@ -103,6 +103,69 @@ impl fmt::Display for Code {
     }
 }
 
+/// The policy a verdict came from: name, version and the sha256 of its canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyRef {
+    /// The policy's `name` (`"invariants"` for the host-wide invariants).
+    pub name: String,
+    /// The policy's `version`, if it has one.
+    pub version: Option<u64>,
+    /// sha256 of the canonical form, lower-case hex.
+    pub digest: String,
+}
+
+/// How one rule fared against the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// The rule matched; `pattern` is its first matching pattern, as written canonically.
+    Matched {
+        /// The pattern that matched.
+        pattern: String,
+    },
+    /// The rule is about the same action but none of its patterns matched.
+    NotMatched,
+    /// The rule is about the other action (exec vs connect).
+    NotApplicable,
+}
+
+/// One line of an evaluation trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceStep {
+    /// The policy (or `"invariants"`) the rule belongs to.
+    pub policy: String,
+    /// The rule's name.
+    pub rule: String,
+    /// The rule's effect.
+    pub effect: Effect,
+    /// Whether it matched.
+    pub outcome: StepOutcome,
+}
+
+/// A judgement: what happens to one operation, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Permit, refuse or invalidate.
+    pub effect: Effect,
+    /// Why.
+    pub code: Code,
+    /// The deciding rule, if a rule decided (not for `default`).
+    pub rule: Option<String>,
+    /// The policy that decided.
+    pub policy: PolicyRef,
+    /// One sentence: what matched and what followed.
+    pub reason: String,
+    /// One sentence: the concrete change that would alter the outcome.
+    pub hint: String,
+    /// Rule outcomes. [`crate::Engine::explain`] lists every rule of every policy;
+    /// `evaluate` and `judge` list only the rules that matched, to stay fast.
+    pub trace: Vec<TraceStep>,
+    /// Observe mode: the verdict that would have been enforced.
+    pub observed: Option<Box<Verdict>>,
+    /// For an invalidate verdict: what the daemon must do to the workload.
+    pub quarantine: Option<crate::policy::QuarantineAction>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

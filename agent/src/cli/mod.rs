@@ -1,3 +1,5 @@
-//! The subcommands of the `bridle` binary, one module each.
+//! The subcommands, one module each; each exposes `run(args) -> anyhow::Result<ExitCode>`.
 
+pub mod explain;
+pub mod policy;
 pub mod run;

@@ -84,6 +84,14 @@ fn confine_and_wait(
     observe: bool,
     cgroup: &Cgroup,
 ) -> Result<ExitCode> {
+    if cgroup.level() > bridle_common::MAX_CGROUP_DEPTH {
+        bail!(
+            "{} is {} levels below the cgroup root; the programs look {} levels up",
+            cgroup.path().display(),
+            cgroup.level(),
+            bridle_common::MAX_CGROUP_DEPTH
+        );
+    }
     let mut enforcer = Enforcer::load()?;
     let entries = entries::build(engine, compiled, cgroup.id())?;
     for warning in &entries.not_enforced {
@@ -107,7 +115,7 @@ fn confine_and_wait(
 
     let rule_name = |i: u32| compiled.rules.get(i as usize).map(|r| r.name.clone());
     let path_of = |dev: u64, ino: u64| entries.exec_paths.get(&(dev, ino)).cloned();
-    let mut report = |decided: Decided| {
+    let report = |decided: Decided| {
         if decided.permitted && !args.verbose {
             return;
         }
@@ -170,16 +178,15 @@ fn install_stop_handlers() -> Result<()> {
     );
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }.with_context(|| format!("installing a {signal} handler"))?;
+        unsafe { sigaction(signal, &action) }
+            .with_context(|| format!("installing a {signal} handler"))?;
     }
     Ok(())
 }
 
 /// Starts `command` as a child that joins `cgroup` before it execs.
 fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup) -> Result<u32> {
-    let (program, rest) = command
-        .split_first()
-        .context("no command given after --")?;
+    let (program, rest) = command.split_first().context("no command given after --")?;
     let procs_path = cgroup.path().join("cgroup.procs");
     let procs = OpenOptions::new()
         .write(true)

@@ -7,7 +7,9 @@
 //! refused file is refused too. Address rules arrive already flattened by the engine.
 
 use anyhow::{bail, Context, Result};
-use bridle_common::{Decision, ExecKey, PortRule, PortRules, EFFECT_PERMIT, EFFECT_REFUSE, PORT_RULES};
+use bridle_common::{
+    Decision, ExecKey, PortRule, PortRules, EFFECT_PERMIT, EFFECT_REFUSE, PORT_RULES,
+};
 use bridle_engine::{Code, Compiled, Effect, Engine, ExecPattern, Object, PortEntry, RuleId};
 use std::{
     collections::{BTreeSet, HashMap},
@@ -63,14 +65,22 @@ pub fn build(engine: &Engine, compiled: &Compiled, workload: u64) -> Result<Kern
         out.net4.push((
             entry.prefix_len,
             entry.addr.octets(),
-            port_rules(compiled, &entry.ports, &format!("{}/{}", entry.addr, entry.prefix_len))?,
+            port_rules(
+                compiled,
+                &entry.ports,
+                &format!("{}/{}", entry.addr, entry.prefix_len),
+            )?,
         ));
     }
     for entry in &compiled.net6 {
         out.net6.push((
             entry.prefix_len,
             entry.addr.octets(),
-            port_rules(compiled, &entry.ports, &format!("[{}]/{}", entry.addr, entry.prefix_len))?,
+            port_rules(
+                compiled,
+                &entry.ports,
+                &format!("[{}]/{}", entry.addr, entry.prefix_len),
+            )?,
         ));
     }
     for host in &compiled.hosts {
@@ -80,9 +90,8 @@ pub fn build(engine: &Engine, compiled: &Compiled, workload: u64) -> Result<Kern
         ));
     }
     if !compiled.unix.is_empty() || compiled.raw.is_some() {
-        out.not_enforced.push(
-            "unix-socket and raw-socket rules are not enforced by this version".to_owned(),
-        );
+        out.not_enforced
+            .push("unix-socket and raw-socket rules are not enforced by this version".to_owned());
     }
     Ok(out)
 }
@@ -120,7 +129,12 @@ fn port_rules(compiled: &Compiled, ports: &[PortEntry], what: &str) -> Result<Po
     Ok(rules)
 }
 
-fn build_exec(engine: &Engine, compiled: &Compiled, workload: u64, out: &mut KernelEntries) -> Result<()> {
+fn build_exec(
+    engine: &Engine,
+    compiled: &Compiled,
+    workload: u64,
+    out: &mut KernelEntries,
+) -> Result<()> {
     let mut candidates = BTreeSet::new();
     let mut budget = WALK_LIMIT;
     for entry in &compiled.exec {
@@ -178,7 +192,13 @@ fn collect(pattern: &ExecPattern, into: &mut BTreeSet<PathBuf>, budget: &mut usi
     walk(pattern, start, depth, into, budget)
 }
 
-fn walk(pattern: &ExecPattern, dir: &Path, depth: usize, into: &mut BTreeSet<PathBuf>, budget: &mut usize) -> Result<()> {
+fn walk(
+    pattern: &ExecPattern,
+    dir: &Path,
+    depth: usize,
+    into: &mut BTreeSet<PathBuf>,
+    budget: &mut usize,
+) -> Result<()> {
     if depth == 0 {
         return Ok(());
     }

@@ -26,16 +26,6 @@ pub enum Operation {
     Connect(SocketAddr),
 }
 
-impl Operation {
-    /// `exec` or `connect`.
-    pub fn action(&self) -> &'static str {
-        match self {
-            Operation::Exec { .. } => "exec",
-            Operation::Connect(_) => "connect",
-        }
-    }
-}
-
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -171,7 +161,10 @@ mod tests {
     fn bytes(ev: &Event) -> Vec<u8> {
         // SAFETY: Event is plain old data.
         unsafe {
-            std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), std::mem::size_of::<Event>())
+            std::slice::from_raw_parts(
+                (ev as *const Event).cast::<u8>(),
+                std::mem::size_of::<Event>(),
+            )
         }
         .to_vec()
     }
@@ -200,7 +193,10 @@ mod tests {
         let mut ev = event(EVENT_CONNECT6);
         ev.addr[15] = 1;
         let d = Decided::decode(&bytes(&ev)).expect("decodes");
-        assert_eq!(d.operation, Operation::Connect("[::1]:443".parse().expect("addr")));
+        assert_eq!(
+            d.operation,
+            Operation::Connect("[::1]:443".parse().expect("addr"))
+        );
     }
 
     #[test]

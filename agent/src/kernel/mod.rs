@@ -68,8 +68,10 @@ impl Enforcer {
         let dir = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
         for name in ["connect4", "connect6"] {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            // Multiple attachment lets a daemon's programs and a nested `bridle run` coexist.
-            prog.attach(&dir, CgroupAttachMode::AllowMultiple)
+            // aya attaches through a bpf_link, which always coexists with other links at the
+            // same cgroup and its ancestors (a daemon's programs and a nested `bridle run`);
+            // the kernel rejects any attach flag on a cgroup link, so none is passed.
+            prog.attach(&dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
         }
         Ok(())
@@ -77,16 +79,23 @@ impl Enforcer {
 
     /// Writes a workload's entries, then the workload itself: until the workload entry exists
     /// the programs ignore its tasks, so it is written last, when every decision is in place.
-    pub fn install(&mut self, workload: u64, config: Workload, entries: &KernelEntries) -> Result<()> {
+    pub fn install(
+        &mut self,
+        workload: u64,
+        config: Workload,
+        entries: &KernelEntries,
+    ) -> Result<()> {
         {
-            let mut exec: HashMap<&mut MapData, ExecKey, Decision> = map(&mut self.ebpf, "EXEC_RULES")?;
+            let mut exec: HashMap<&mut MapData, ExecKey, Decision> =
+                map(&mut self.ebpf, "EXEC_RULES")?;
             for (key, decision) in &entries.exec {
                 exec.insert(key, decision, 0)
                     .with_context(|| format!("writing exec entry {key:?}"))?;
             }
         }
         {
-            let mut net4: LpmTrie<&mut MapData, Net4Key, PortRules> = map(&mut self.ebpf, "NET4_RULES")?;
+            let mut net4: LpmTrie<&mut MapData, Net4Key, PortRules> =
+                map(&mut self.ebpf, "NET4_RULES")?;
             for (prefix, addr, rules) in &entries.net4 {
                 let key = Key::new(
                     NET_KEY_WORKLOAD_BITS + u32::from(*prefix),
@@ -100,7 +109,8 @@ impl Enforcer {
             }
         }
         {
-            let mut net6: LpmTrie<&mut MapData, Net6Key, PortRules> = map(&mut self.ebpf, "NET6_RULES")?;
+            let mut net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
+                map(&mut self.ebpf, "NET6_RULES")?;
             for (prefix, addr, rules) in &entries.net6 {
                 let key = Key::new(
                     NET_KEY_WORKLOAD_BITS + u32::from(*prefix),
