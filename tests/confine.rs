@@ -108,6 +108,12 @@ fn assert_clean(context: &str) {
         Vec::<PathBuf>::new(),
         "{context}: cgroups left"
     );
+    // The kernel frees a detached tracing program after an RCU grace period, a moment after
+    // the last fd closes: wait for that, boundedly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !loaded_bridle_programs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         loaded_bridle_programs(),
         Vec::<String>::new(),

@@ -44,7 +44,7 @@ fn connect(addr: &str) -> i32 {
 /// Connects `n` times (a closed port answers at once) and prints the mean in nanoseconds: the
 /// per-connect cost the benchmarks compare inside and outside a workload.
 fn connect_loop(addr: &str, n: &str) -> i32 {
-    let (Ok(sock), Ok(n)) = (addr.parse(), n.parse::<u32>()) else {
+    let (Ok(sock), Ok(n)) = (addr.parse::<std::net::SocketAddr>(), n.parse::<u32>()) else {
         eprintln!("bad arguments {addr} {n}");
         return 2;
     };

@@ -119,8 +119,8 @@ pub fn cgroup2_root() -> PathBuf {
     text.lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(left.split_whitespace().nth(4)?))
+            let mount = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
         })
         .expect("a cgroup v2 mount")
 }
