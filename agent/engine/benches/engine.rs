@@ -24,8 +24,13 @@ fn synthetic(n: usize) -> Policy {
                 (i / 256) % 256,
                 i % 256
             ),
-            3 => format!("connect = [\"[2001:db8:{:x}::/48]:443\", \"[fd00::{:x}]:*\"]", i, i),
-            4 => format!("connect = [\"api{i}.example.com:443\", \"*.svc{i}.example.net:8000-8999\"]"),
+            3 => format!(
+                "connect = [\"[2001:db8:{:x}::/48]:443\", \"[fd00::{:x}]:*\"]",
+                i, i
+            ),
+            4 => format!(
+                "connect = [\"api{i}.example.com:443\", \"*.svc{i}.example.net:8000-8999\"]"
+            ),
             _ => format!("connect = [\"unix:/run/s{i}.sock\", \"unix:@bus{i}\"]"),
         };
         src.push_str(&format!(
@@ -89,8 +94,12 @@ fn evaluate(c: &mut Criterion) {
 fn compile_large(c: &mut Criterion) {
     let policy = synthetic(10_000);
     let mut group = c.benchmark_group("compile");
-    group.sample_size(20).measurement_time(Duration::from_secs(10));
-    group.bench_function("compile-10000-rules", |b| b.iter(|| black_box(compile(black_box(&policy)))));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("compile-10000-rules", |b| {
+        b.iter(|| black_box(compile(black_box(&policy))))
+    });
     group.finish();
 }
 
