@@ -10,7 +10,7 @@
 //! - [`Engine`] judges [`Object`]s by a chain of policies plus host-wide invariants:
 //!   [`Engine::judge`] by the rules only, [`Engine::evaluate`] with rate limits and quarantine,
 //!   [`Engine::explain`] with a trace of every rule.
-//! - [`compile`] turns a policy into the flat entries the kernel maps take;
+//! - [`compile()`] turns a policy into the flat entries the kernel maps take;
 //!   [`Compiled::lookup`] models what those maps answer.
 //!
 //! Choices the design left open:
