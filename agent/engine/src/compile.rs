@@ -253,7 +253,7 @@ pub fn compile_with_invariants(policy: &Policy, invariants: &[Rule]) -> Compiled
             ports: Vec::new(),
         });
     }
-    net6.sort_by(|a, b| (a.prefix_len, a.addr).cmp(&(b.prefix_len, b.addr)));
+    net6.sort_by_key(|a| (a.prefix_len, a.addr));
 
     Compiled {
         policy: PolicyRef {
@@ -315,6 +315,6 @@ fn flatten<A: Copy + Ord + std::hash::Hash>(
             });
         }
     }
-    out.sort_by(|a, b| (a.prefix_len, a.addr).cmp(&(b.prefix_len, b.addr)));
+    out.sort_by_key(|a| (a.prefix_len, a.addr));
     out
 }

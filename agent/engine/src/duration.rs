@@ -37,7 +37,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
-        if ms % size == 0 && ms > 0 {
+        if ms.is_multiple_of(size) && ms > 0 {
             return format!("{}{unit}", ms / size);
         }
     }
