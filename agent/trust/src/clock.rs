@@ -85,7 +85,9 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     }
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
-            format!("time `{text}` is neither RFC 3339 (2025-01-02T03:04:05Z) nor Unix seconds: {e}")
+            format!(
+                "time `{text}` is neither RFC 3339 (2025-01-02T03:04:05Z) nor Unix seconds: {e}"
+            )
         })?;
     u64::try_from(t.unix_timestamp_nanos()).map_err(|_| format!("time `{text}` is before 1970"))
 }
@@ -97,7 +99,10 @@ mod tests {
     #[test]
     fn parses_both_forms() {
         assert_eq!(parse_time("10").unwrap(), 10 * NANOS_PER_SEC);
-        assert_eq!(parse_time("1970-01-01T00:00:10Z").unwrap(), 10 * NANOS_PER_SEC);
+        assert_eq!(
+            parse_time("1970-01-01T00:00:10Z").unwrap(),
+            10 * NANOS_PER_SEC
+        );
         assert_eq!(parse_time("1.5").unwrap(), 1_500_000_000);
         assert!(parse_time("yesterday").is_err());
         assert_eq!(format_ns(10 * NANOS_PER_SEC), "1970-01-01T00:00:10Z");

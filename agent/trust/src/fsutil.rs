@@ -42,7 +42,10 @@ pub(crate) fn create_new_with_mode(path: &Path, mode: u32) -> io::Result<File> {
 
 /// Creates `dir` (and its parents) with mode 0700 when missing.
 pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Fsyncs a directory so renames and creations inside it survive a crash.

@@ -167,11 +167,12 @@ impl SignatureCheck {
 impl PublicKey {
     /// Decodes and checks a public key: both keys must parse and the id must match them.
     pub fn from_info(info: PublicKeyInfo) -> Result<PublicKey, String> {
-        let ed_bytes: [u8; 32] = info
-            .ed25519
-            .as_slice()
-            .try_into()
-            .map_err(|_| format!("Ed25519 public key has {} bytes, not 32", info.ed25519.len()))?;
+        let ed_bytes: [u8; 32] = info.ed25519.as_slice().try_into().map_err(|_| {
+            format!(
+                "Ed25519 public key has {} bytes, not 32",
+                info.ed25519.len()
+            )
+        })?;
         let ed25519 = ed25519_dalek::VerifyingKey::from_bytes(&ed_bytes)
             .map_err(|e| format!("invalid Ed25519 public key: {e}"))?;
         let ml_enc = ml_dsa::EncodedVerifyingKey::<MlDsa65>::try_from(info.mldsa65.as_slice())
@@ -213,7 +214,10 @@ impl PublicKey {
             .map(|sig| self.ed25519.verify_strict(message, &sig).is_ok())
             .unwrap_or(false);
         let ml_ok = ml_dsa::Signature::<MlDsa65>::try_from(mldsa65)
-            .map(|sig| self.mldsa65.verify_with_context(message, MLDSA_CONTEXT, &sig))
+            .map(|sig| {
+                self.mldsa65
+                    .verify_with_context(message, MLDSA_CONTEXT, &sig)
+            })
             .unwrap_or(false);
         SignatureCheck {
             ed25519: ed_ok,
@@ -256,7 +260,9 @@ impl KeyPair {
     pub fn generate(created_at: u64, expires_at: Option<u64>) -> Result<KeyPair, KeyError> {
         let ed_seed = random_bytes::<32>()?;
         let ml_seed = random_bytes::<32>()?;
-        Ok(KeyPair::from_seeds(&ed_seed, &ml_seed, created_at, expires_at))
+        Ok(KeyPair::from_seeds(
+            &ed_seed, &ml_seed, created_at, expires_at,
+        ))
     }
 
     /// Rebuilds a key pair from its two 32-byte seeds (the form stored on disk: FIPS 204 allows
@@ -383,10 +389,7 @@ impl KeyRing {
         if bundle.format != BUNDLE_FORMAT {
             return Err(KeyError::Malformed {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "bundle format `{}` is not `{BUNDLE_FORMAT}`",
-                    bundle.format
-                ),
+                reason: format!("bundle format `{}` is not `{BUNDLE_FORMAT}`", bundle.format),
             });
         }
         KeyRing::from_bundle(&bundle).map_err(|reason| KeyError::Malformed {
@@ -465,12 +468,11 @@ impl KeyStore {
         let (ed_seed, ml_seed) = pair.seeds();
         write_new(&tmp_dir.join(SECRET_ED25519), &ed_seed, SECRET_MODE)?;
         write_new(&tmp_dir.join(SECRET_MLDSA65), &ml_seed, SECRET_MODE)?;
-        let public = serde_json::to_vec_pretty(pair.public().info()).map_err(|e| {
-            KeyError::Malformed {
+        let public =
+            serde_json::to_vec_pretty(pair.public().info()).map_err(|e| KeyError::Malformed {
                 path: tmp_dir.join(PUBLIC_JSON),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         write_new(&tmp_dir.join(PUBLIC_JSON), &public, PUBLIC_MODE)?;
         fsutil::sync_dir(&tmp_dir).map_err(io_err(&tmp_dir))?;
         fs::rename(&tmp_dir, &final_dir).map_err(io_err(&final_dir))?;
@@ -589,12 +591,17 @@ pub fn describe(info: &PublicKeyInfo, current: bool) -> String {
         info.key_id,
         if current { " (current)" } else { "" },
         format_ns(info.created_at),
-        info.expires_at.map_or_else(|| "never".to_string(), format_ns)
+        info.expires_at
+            .map_or_else(|| "never".to_string(), format_ns)
     )
 }
 
 fn check_key_id(id: &str) -> Result<(), String> {
-    if id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(format!("`{id}` is not a key id (16 lower-case hex digits)"))
@@ -629,8 +636,11 @@ fn read_secret(path: &Path) -> Result<[u8; 32], KeyError> {
         });
     }
     let bytes = fs::read(path).map_err(io_err(path))?;
-    bytes.as_slice().try_into().map_err(|_| KeyError::Malformed {
-        path: path.to_path_buf(),
-        reason: format!("a secret seed is 32 bytes, this file has {}", bytes.len()),
-    })
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeyError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("a secret seed is 32 bytes, this file has {}", bytes.len()),
+        })
 }

@@ -30,8 +30,8 @@
 //!
 //! Times are Unix nanoseconds (`u64`) throughout.
 
-pub(crate) mod b64;
 pub mod audit;
+pub(crate) mod b64;
 pub mod clock;
 pub(crate) mod fsutil;
 pub mod keys;

@@ -188,7 +188,9 @@ pub enum PermitError {
     },
     /// Neither signature verifies: the permit's content changed after signing (or both
     /// signatures were replaced, which is the same thing seen from the verifier).
-    #[error("permit {id:016x}: neither signature verifies: the permit was changed after it was signed")]
+    #[error(
+        "permit {id:016x}: neither signature verifies: the permit was changed after it was signed"
+    )]
     ContentChanged {
         /// The permit id.
         id: u64,
@@ -281,12 +283,10 @@ pub fn verify(signed: &SignedPermit, ring: &KeyRing, now: u64) -> Result<(), Per
             ),
         });
     }
-    let key = ring
-        .get(&p.key_id)
-        .ok_or_else(|| PermitError::UnknownKey {
-            id,
-            key_id: p.key_id.clone(),
-        })?;
+    let key = ring.get(&p.key_id).ok_or_else(|| PermitError::UnknownKey {
+        id,
+        key_id: p.key_id.clone(),
+    })?;
     for (sig, which) in [
         (&signed.ed25519, Algorithm::Ed25519),
         (&signed.mldsa65, Algorithm::MlDsa65),

@@ -62,14 +62,18 @@ impl fmt::Display for DropReason {
             DropReason::Unreadable(e) => write!(f, "unreadable: {e}"),
             DropReason::Malformed(e) => write!(f, "not a signed permit: {e}"),
             DropReason::Misfiled { file_id } => {
-                write!(f, "file name says permit {file_id} but the permit inside has another id")
+                write!(
+                    f,
+                    "file name says permit {file_id} but the permit inside has another id"
+                )
             }
             DropReason::Invalid(e) => write!(f, "{e}"),
             DropReason::PolicyChanged(p) => write!(
                 f,
                 "policy {} (version {}, digest {}) is no longer current",
                 p.name,
-                p.version.map_or_else(|| "none".to_string(), |v| v.to_string()),
+                p.version
+                    .map_or_else(|| "none".to_string(), |v| v.to_string()),
                 p.digest
             ),
         }

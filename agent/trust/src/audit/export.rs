@@ -108,7 +108,8 @@ pub fn export(
             })?;
             if count == 0 {
                 // An empty export still names its columns.
-                csv.write_record(CSV_HEADER).map_err(|e| out_err(std::io::Error::other(e)))?;
+                csv.write_record(CSV_HEADER)
+                    .map_err(|e| out_err(std::io::Error::other(e)))?;
             }
             csv.flush().map_err(out_err)?;
         }
@@ -117,8 +118,20 @@ pub fn export(
 }
 
 const CSV_HEADER: [&str; 14] = [
-    "seq", "time", "workload", "pid", "uid", "comm", "action", "object", "effect", "code", "rule",
-    "permit_id", "prev_hash", "hash",
+    "seq",
+    "time",
+    "workload",
+    "pid",
+    "uid",
+    "comm",
+    "action",
+    "object",
+    "effect",
+    "code",
+    "rule",
+    "permit_id",
+    "prev_hash",
+    "hash",
 ];
 
 /// The last `n` records of `dir`, oldest first.
@@ -151,10 +164,7 @@ impl Follower {
     pub fn at_end(dir: &Path) -> Result<Follower, AuditError> {
         let segments = segment::list_segments(dir).map_err(io_err(dir))?;
         let (segment, offset) = match segments.last() {
-            Some((n, path)) => (
-                Some(*n),
-                fs::metadata(path).map_err(io_err(path))?.len(),
-            ),
+            Some((n, path)) => (Some(*n), fs::metadata(path).map_err(io_err(path))?.len()),
             None => (None, 0),
         };
         Ok(Follower {

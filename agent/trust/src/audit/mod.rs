@@ -37,7 +37,9 @@ pub use checkpoint::{Checkpoint, CHECKPOINT_DOMAIN};
 pub use export::{export, tail, ExportFilter, ExportFormat, Follower};
 pub use record::{AuditRecord, RecordFields, GENESIS_HASH, RECORD_DOMAIN};
 pub use segment::{list_segments, segment_name, Entry};
-pub use verify::{verify_dir, verify_path, verify_segment, Failure, FailureKind, Location, VerifyReport};
+pub use verify::{
+    verify_dir, verify_path, verify_segment, Failure, FailureKind, Location, VerifyReport,
+};
 pub use writer::{AuditConfig, AuditWriter};
 
 use std::io;

@@ -319,7 +319,10 @@ fn verify_files(
                                 v.fail(
                                     loc,
                                     FailureKind::OutOfOrder,
-                                    format!("seq {} follows seq {seq} (expected {expected})", r.seq),
+                                    format!(
+                                        "seq {} follows seq {seq} (expected {expected})",
+                                        r.seq
+                                    ),
                                 );
                                 break 'files;
                             }
@@ -379,8 +382,7 @@ fn verify_files(
                             break 'files;
                         }
                     }
-                    if let Some(failure) = v.cadence_violation(cp.every_records, cp.every_ns)
-                    {
+                    if let Some(failure) = v.cadence_violation(cp.every_records, cp.every_ns) {
                         v.report.failure = Some(failure);
                         break 'files;
                     }
