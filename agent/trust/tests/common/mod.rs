@@ -49,7 +49,7 @@ pub fn permit(id: u64, object: &str) -> Permit {
 
 pub fn fields(i: u64) -> RecordFields {
     RecordFields {
-        workload: if i % 2 == 0 {
+        workload: if i.is_multiple_of(2) {
             "agent-a".into()
         } else {
             "agent-b".into()
@@ -57,23 +57,23 @@ pub fn fields(i: u64) -> RecordFields {
         pid: 1000 + i as u32,
         uid: 1000,
         comm: "git".into(),
-        action: if i % 3 == 0 {
+        action: if i.is_multiple_of(3) {
             "connect".into()
         } else {
             "exec".into()
         },
         object: format!("/usr/bin/tool{i}"),
-        effect: if i % 4 == 0 {
+        effect: if i.is_multiple_of(4) {
             Effect::Refuse
         } else {
             Effect::Permit
         },
-        code: if i % 4 == 0 {
+        code: if i.is_multiple_of(4) {
             Code::PolicyRefused
         } else {
             Code::Permitted
         },
         rule: Some("toolchain".into()),
-        permit_id: if i % 4 == 0 { None } else { Some(i + 1) },
+        permit_id: if i.is_multiple_of(4) { None } else { Some(i + 1) },
     }
 }
