@@ -60,7 +60,12 @@ fn permit(id: u64, object: &str) -> Permit {
 
 fn fields(i: u64) -> RecordFields {
     RecordFields {
-        workload: if i.is_multiple_of(2) { "agent-a" } else { "agent-b" }.into(),
+        workload: if i.is_multiple_of(2) {
+            "agent-a"
+        } else {
+            "agent-b"
+        }
+        .into(),
         pid: 100 + i as u32,
         uid: 1000,
         comm: "sh".into(),

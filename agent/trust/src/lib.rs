@@ -30,6 +30,8 @@
 //!
 //! Times are Unix nanoseconds (`u64`) throughout.
 
+#![deny(missing_docs)]
+
 pub mod audit;
 pub(crate) mod b64;
 pub mod clock;

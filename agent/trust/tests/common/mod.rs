@@ -74,6 +74,10 @@ pub fn fields(i: u64) -> RecordFields {
             Code::Permitted
         },
         rule: Some("toolchain".into()),
-        permit_id: if i.is_multiple_of(4) { None } else { Some(i + 1) },
+        permit_id: if i.is_multiple_of(4) {
+            None
+        } else {
+            Some(i + 1)
+        },
     }
 }
