@@ -5,12 +5,21 @@ mod cli;
 mod kernel;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Kernel-enforced guardrails for AI agents.
 #[derive(Debug, Parser)]
 #[command(name = "bridle", version, about)]
 struct Cli {
+    /// The daemon's state directory (keys, permits, audit trail).
+    #[arg(
+        long,
+        global = true,
+        env = "BRIDLE_STATE_DIR",
+        default_value = "/var/lib/bridle"
+    )]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,22 +36,46 @@ enum Command {
     },
     /// Show how a policy judges one exec or connect, and what would change the outcome.
     Explain(cli::explain::ExplainArgs),
+    /// Generate, show and export the permit signing keys.
+    Keys(cli::keys::Args),
+    /// List and verify the stored signed permits.
+    Permits(cli::permits::Args),
+    /// Verify, export and follow the audit trail.
+    Audit(cli::audit::Args),
+    /// Verify a permit file or an audit trail offline with an exported public key bundle.
+    Verify(cli::verify::Args),
 }
 
 /// Exit status of `bridle run` when bridle itself fails (the command's own codes pass through).
 const RUN_FAILED: u8 = 125;
-/// Exit status of the other subcommands when bridle itself fails.
-const FAILED: u8 = 2;
+/// Exit status of `policy` and `explain` when bridle itself fails.
+const USAGE_FAILED: u8 = 2;
 
 fn main() -> ExitCode {
+    // clap exits with status 2 on usage errors.
     let cli = Cli::parse();
+    let global = cli::Global {
+        state_dir: cli.state_dir,
+    };
     let (result, failed) = match cli.command {
         Command::Run(args) => (cli::run::run(args), RUN_FAILED),
-        Command::Policy { command } => (cli::policy::run(command), FAILED),
-        Command::Explain(args) => (cli::explain::run(args), FAILED),
+        Command::Policy { command } => (cli::policy::run(command), USAGE_FAILED),
+        Command::Explain(args) => (cli::explain::run(args), USAGE_FAILED),
+        Command::Keys(args) => (cli::keys::run(&global, args), cli::EXIT_FAILED),
+        Command::Permits(args) => (cli::permits::run(&global, args), cli::EXIT_FAILED),
+        Command::Audit(args) => (cli::audit::run(&global, args), cli::EXIT_FAILED),
+        Command::Verify(args) => (cli::verify::run(&global, args), cli::EXIT_FAILED),
     };
     result.unwrap_or_else(|err| {
-        eprintln!("bridle: error: {err:#}");
+        // Errors often quote their sources already; add only the causes they do not.
+        let mut message = err.to_string();
+        for cause in err.chain().skip(1) {
+            let cause = cause.to_string();
+            if !message.contains(&cause) {
+                message = format!("{message}: {cause}");
+            }
+        }
+        eprintln!("bridle: error: {message}");
         ExitCode::from(failed)
     })
 }

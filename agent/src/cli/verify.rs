@@ -1,0 +1,72 @@
+//! `bridle verify --keys BUNDLE FILE`: offline verification with only the public bundle.
+
+use super::{parse_time_arg, Global, EXIT_FAILED};
+use bridle_trust::audit;
+use bridle_trust::clock::now_ns;
+use bridle_trust::{KeyRing, SignedPermit};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `bridle verify`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The public key bundle (from `bridle keys export`).
+    #[arg(long)]
+    keys: PathBuf,
+    /// Verify a permit as of this time (RFC 3339 or Unix seconds) instead of now.
+    #[arg(long, value_parser = parse_time_arg)]
+    at: Option<u64>,
+    /// A permit file, an audit segment, or an audit directory.
+    file: PathBuf,
+}
+
+/// Runs `bridle verify`.
+pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let ring = KeyRing::load_bundle(&args.keys)?;
+    if args.file.is_dir() || looks_like_segment(&args.file)? {
+        let report = audit::verify_path(&args.file, &ring)?;
+        return Ok(super::audit::print_report(&report));
+    }
+    let bytes =
+        std::fs::read(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let permit = match SignedPermit::from_json(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "bridle: {}: neither a signed permit nor an audit segment: {e}",
+                args.file.display()
+            );
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+    };
+    match permit.verify(&ring, args.at.unwrap_or_else(now_ns)) {
+        Ok(()) => {
+            println!(
+                "OK: permit {:016x} ({} {} {}) signed by key {} (Ed25519 + ML-DSA-65)",
+                permit.permit.id,
+                permit.permit.effect,
+                permit.permit.action,
+                permit.permit.object,
+                permit.permit.key_id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("bridle: {}: {e}", args.file.display());
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}
+
+/// A segment is JSON lines whose objects carry a `type`; a permit file is one JSON document.
+fn looks_like_segment(path: &Path) -> anyhow::Result<bool> {
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        return Ok(true);
+    }
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    Ok(serde_json::from_slice::<serde_json::Value>(first)
+        .ok()
+        .and_then(|v| v.get("type").cloned())
+        .is_some())
+}

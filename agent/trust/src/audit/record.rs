@@ -1,0 +1,140 @@
+//! Audit records and the hash that chains them.
+
+use borsh::BorshSerialize;
+use bridle_engine::{Code, Effect};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Domain prefix of the bytes a record hash covers.
+pub const RECORD_DOMAIN: &[u8] = b"bridle-audit-record-v1\0";
+/// The `prev_hash` of the first record of a trail.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What the caller knows about a decision; the writer adds sequence, time and chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFields {
+    /// The workload (its confinement name or cgroup path).
+    pub workload: String,
+    /// The process id.
+    pub pid: u32,
+    /// The user id.
+    pub uid: u32,
+    /// The process name.
+    pub comm: String,
+    /// `exec`, `connect`, …
+    pub action: String,
+    /// The file or address.
+    pub object: String,
+    /// The verdict's effect.
+    pub effect: Effect,
+    /// The verdict's code.
+    pub code: Code,
+    /// The rule that matched, if any.
+    pub rule: Option<String>,
+    /// The permit that decided, if any.
+    pub permit_id: Option<u64>,
+}
+
+/// One decision in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Position in the trail, from 1, without gaps.
+    pub seq: u64,
+    /// When it was recorded (Unix ns).
+    pub time: u64,
+    /// The workload.
+    pub workload: String,
+    /// The process id.
+    pub pid: u32,
+    /// The user id.
+    pub uid: u32,
+    /// The process name.
+    pub comm: String,
+    /// `exec`, `connect`, …
+    pub action: String,
+    /// The file or address.
+    pub object: String,
+    /// The verdict's effect.
+    pub effect: Effect,
+    /// The verdict's code.
+    pub code: Code,
+    /// The rule that matched, if any.
+    pub rule: Option<String>,
+    /// The permit that decided, if any.
+    pub permit_id: Option<u64>,
+    /// The previous record's `hash` ([`GENESIS_HASH`] for the first).
+    pub prev_hash: String,
+    /// sha256 over the canonical encoding of every other field, lower-case hex.
+    pub hash: String,
+}
+
+#[derive(BorshSerialize)]
+struct CanonicalRecord<'a> {
+    seq: u64,
+    time: u64,
+    workload: &'a str,
+    pid: u32,
+    uid: u32,
+    comm: &'a str,
+    action: &'a str,
+    object: &'a str,
+    effect: &'a str,
+    code: &'a str,
+    rule: Option<&'a str>,
+    permit_id: Option<u64>,
+    prev_hash: &'a str,
+}
+
+impl AuditRecord {
+    /// Builds the record that follows `prev_hash` and computes its hash.
+    pub fn new(fields: RecordFields, seq: u64, time: u64, prev_hash: String) -> AuditRecord {
+        let mut record = AuditRecord {
+            seq,
+            time,
+            workload: fields.workload,
+            pid: fields.pid,
+            uid: fields.uid,
+            comm: fields.comm,
+            action: fields.action,
+            object: fields.object,
+            effect: fields.effect,
+            code: fields.code,
+            rule: fields.rule,
+            permit_id: fields.permit_id,
+            prev_hash,
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash(&mut Vec::new());
+        record
+    }
+
+    /// The canonical bytes the hash covers (every field but `hash`), appended to `out`.
+    pub fn canonical_bytes_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(RECORD_DOMAIN);
+        let canonical = CanonicalRecord {
+            seq: self.seq,
+            time: self.time,
+            workload: &self.workload,
+            pid: self.pid,
+            uid: self.uid,
+            comm: &self.comm,
+            action: &self.action,
+            object: &self.object,
+            effect: self.effect.as_str(),
+            code: self.code.as_str(),
+            rule: self.rule.as_deref(),
+            permit_id: self.permit_id,
+            prev_hash: &self.prev_hash,
+        };
+        // Writing into a Vec cannot fail.
+        let _ = borsh::to_writer(out, &canonical);
+    }
+
+    /// The hash this record should carry; `scratch` is reused so the hot path does not allocate.
+    pub fn compute_hash(&self, scratch: &mut Vec<u8>) -> String {
+        scratch.clear();
+        self.canonical_bytes_into(scratch);
+        hex::encode(Sha256::digest(scratch.as_slice()))
+    }
+}
