@@ -96,6 +96,9 @@ fn probe() -> PathBuf {
 
 fn bridle_run(policy: &Path, extra: &[&str], script: &str) -> Command {
     let mut cmd = Command::new(bridle_bin());
+    // Keys, permits and the audit trail go next to the policy, in the test's own directory.
+    let state = policy.with_file_name("state");
+    cmd.env("BRIDLE_STATE_DIR", &state);
     cmd.arg("run").arg("--policy").arg(policy).args(extra);
     cmd.args(["--", "/bin/sh", "-c", script]);
     cmd.env("PROBE", probe());
@@ -316,4 +319,66 @@ fn a_killed_command_and_its_stragglers_leave_nothing_behind() {
     );
     assert_eq!(f.code, 128 + libc::SIGKILL, "{}", show(&f));
     assert_clean("after the command was SIGKILLed");
+}
+
+fn bridle(state: &Path, args: &[&str]) -> Finished {
+    let mut cmd = Command::new(bridle_bin());
+    cmd.env("BRIDLE_STATE_DIR", state).args(args);
+    finish(cmd, DEADLINE)
+}
+
+#[test]
+fn every_kernel_entry_is_signed_and_every_decision_audited() {
+    require_root();
+    let _k = kernel_lock();
+    let scene = Scene::new(false);
+    let policy = scene.policy("enforce");
+    let state = scene.path("state");
+    let script = format!(
+        "/usr/bin/true; /usr/bin/touch {}; true",
+        scene.path("m").display()
+    );
+    let f = finish(bridle_run(&policy, &[], &script), DEADLINE);
+    assert_eq!(f.code, 0, "{}", show(&f));
+    assert_clean("after the audited run");
+
+    let verified = bridle(&state, &["permits", "verify"]);
+    assert_eq!(verified.code, 0, "{}", show(&verified));
+    let audit = bridle(&state, &["audit", "verify"]);
+    assert_eq!(audit.code, 0, "{}", show(&audit));
+
+    let export = bridle(&state, &["audit", "export", "--format", "jsonl"]);
+    assert_eq!(export.code, 0, "{}", show(&export));
+    let records: Vec<serde_json::Value> = export
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    let find = |object: &str| {
+        records
+            .iter()
+            .find(|r| r["object"] == object)
+            .unwrap_or_else(|| panic!("no audit record for {object}:\n{}", export.stdout))
+    };
+    let refused = find("/usr/bin/touch");
+    assert_eq!(refused["effect"], "refuse");
+    assert_eq!(refused["code"], "POLICY_REFUSED");
+    assert_eq!(refused["rule"], "no-touch");
+    let permitted = find("/usr/bin/true");
+    assert_eq!(permitted["effect"], "permit");
+    assert_eq!(permitted["rule"], "system");
+
+    // The permit each kernel entry carried is in the store, signed, for the deciding rule.
+    let listed = bridle(&state, &["permits", "list"]);
+    for (record, rule) in [(refused, "no-touch"), (permitted, "system")] {
+        let id = record["permit_id"]
+            .as_u64()
+            .expect("the decision carries a permit id");
+        let line = listed
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{id:016x}")))
+            .unwrap_or_else(|| panic!("permit {id:016x} is not stored:\n{}", listed.stdout));
+        assert!(line.contains(&format!("rule={rule}")), "{line}");
+    }
 }

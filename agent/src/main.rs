@@ -2,6 +2,7 @@
 
 mod cgroup;
 mod cli;
+mod issuer;
 mod kernel;
 
 use clap::{Parser, Subcommand};
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
         state_dir: cli.state_dir,
     };
     let (result, failed) = match cli.command {
-        Command::Run(args) => (cli::run::run(args), RUN_FAILED),
+        Command::Run(args) => (cli::run::run(&global, args), RUN_FAILED),
         Command::Policy { command } => (cli::policy::run(command), USAGE_FAILED),
         Command::Explain(args) => (cli::explain::run(args), USAGE_FAILED),
         Command::Keys(args) => (cli::keys::run(&global, args), cli::EXIT_FAILED),

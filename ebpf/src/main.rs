@@ -77,11 +77,13 @@ fn count(stat: u32) {
     }
 }
 
-/// The decision of one workload: the entry if present and live, else the default.
+/// The decision of one workload: the entry if present and live, else the default. A permit
+/// the daemon stopped renewing lapses; a refusal never does, so a dead daemon cannot open a
+/// gate the policy closed.
 #[inline(always)]
 fn live(entry: Option<&Decision>, default: u8, now: u64) -> Decision {
     if let Some(d) = entry {
-        if d.expires_ns == 0 || now <= d.expires_ns {
+        if d.effect != EFFECT_PERMIT || d.expires_ns == 0 || now <= d.expires_ns {
             return *d;
         }
     }

@@ -7,11 +7,20 @@
 
 use crate::{
     cgroup::{self, Cgroup},
-    kernel::{entries, events::Decided, Enforcer},
+    issuer::Issuer,
+    kernel::{
+        entries,
+        events::{Decided, Operation},
+        Enforcer,
+    },
 };
 use anyhow::{bail, Context, Result};
 use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_OBSERVE};
-use bridle_engine::{compile, Effect, Engine, Mode, Policy};
+use bridle_engine::{compile, Code, Compiled, Effect, Engine, Mode, Policy};
+use bridle_trust::{
+    audit::{AuditConfig, AuditWriter, RecordFields},
+    Subject, SystemClock,
+};
 use clap::Args;
 use std::{
     ffi::OsString,
@@ -20,10 +29,10 @@ use std::{
         fd::{AsRawFd, RawFd},
         unix::process::CommandExt,
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
     sync::atomic::{AtomicI32, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// The shipped default policy, built into the binary so `bridle run` works from anywhere.
@@ -54,7 +63,7 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
 }
 
 /// Runs `bridle run`.
-pub fn run(args: RunArgs) -> Result<ExitCode> {
+pub fn run(global: &super::Global, args: RunArgs) -> Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bridle run needs root: it loads eBPF programs and creates cgroups");
     }
@@ -69,7 +78,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
     let root = cgroup::v2_root()?;
     let cgroup = Cgroup::create(&root, &format!("bridle-run-{}", std::process::id()))?;
-    let outcome = confine_and_wait(&args, &engine, &compiled, observe, &cgroup);
+    let outcome = confine_and_wait(
+        &global.state_dir,
+        &args,
+        &engine,
+        &compiled,
+        observe,
+        &cgroup,
+    );
     // Whatever happened, nothing may outlive us in the cgroup, and the cgroup goes.
     let removed = cgroup.remove();
     let code = outcome?;
@@ -78,9 +94,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn confine_and_wait(
+    state_dir: &Path,
     args: &RunArgs,
     engine: &Engine,
-    compiled: &bridle_engine::Compiled,
+    compiled: &Compiled,
     observe: bool,
     cgroup: &Cgroup,
 ) -> Result<ExitCode> {
@@ -93,10 +110,19 @@ fn confine_and_wait(
         );
     }
     let mut enforcer = Enforcer::load()?;
-    let entries = entries::build(engine, compiled, cgroup.id())?;
+    let mut entries = entries::build(engine, compiled, cgroup.id())?;
     for warning in &entries.not_enforced {
         eprintln!("bridle: warning: {warning}");
     }
+    // Every entry's permit is signed and stored before the entry reaches the kernel.
+    let policy = engine.policy();
+    let mut issuer = Issuer::open(state_dir, policy.permit_ttl)?;
+    let subject = Subject {
+        cgroup_id: cgroup.id(),
+        cgroup_path: cgroup.path().display().to_string(),
+    };
+    issuer.issue(policy, compiled, &subject, entries.rules())?;
+    entries.stamp(|rule| issuer.stamp(rule));
     let default = if compiled.default == Effect::Permit {
         EFFECT_PERMIT
     } else {
@@ -112,32 +138,37 @@ fn confine_and_wait(
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
     install_stop_handlers()?;
-
-    let rule_name = |i: u32| compiled.rules.get(i as usize).map(|r| r.name.clone());
-    let path_of = |dev: u64, ino: u64| entries.exec_paths.get(&(dev, ino)).cloned();
-    let report = |decided: Decided| {
-        if decided.permitted && !args.verbose {
-            return;
-        }
-        let mut line = decided.report_line(rule_name);
-        if let crate::kernel::events::Operation::Exec { path, dev, ino } = &decided.operation {
-            if let Some(real) = path_of(*dev, *ino) {
-                if real.as_os_str() != path.as_str() {
-                    line.push_str(&format!(" [file {}]", real.display()));
-                }
-            }
-        }
-        eprintln!("{line}");
+    let audit = AuditWriter::open(
+        &state_dir.join("audit"),
+        issuer.key(),
+        Box::new(SystemClock),
+        AuditConfig::default(),
+    )
+    .with_context(|| format!("opening the audit trail under {}", state_dir.display()))?;
+    let mut reporter = Reporter {
+        verbose: args.verbose,
+        compiled,
+        entries: &entries,
+        workload: subject.cgroup_path.clone(),
+        audit,
     };
+    // Renew well before expiry, so a slow renewal never lets a permit lapse under a live run.
+    let renew_every = (issuer.ttl() / 2).max(Duration::from_secs(1));
+    let mut next_renewal = Instant::now() + renew_every;
 
     let child = spawn_in_cgroup(&args.command, cgroup)?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
         wait_readable(events.as_raw_fd(), Duration::from_millis(50));
         while let Some(item) = events.next() {
-            if let Some(decided) = Decided::decode(&item) {
-                report(decided);
-            }
+            reporter.handle(&item)?;
+        }
+        if Instant::now() >= next_renewal {
+            issuer.renew()?;
+            let mut renewed = entries::build(engine, compiled, cgroup.id())?;
+            renewed.stamp(|rule| issuer.stamp(rule));
+            enforcer.install(cgroup.id(), config, &renewed)?;
+            next_renewal = Instant::now() + renew_every;
         }
         let stop = STOP_SIGNAL.load(Ordering::SeqCst);
         if stop != 0 {
@@ -155,18 +186,83 @@ fn confine_and_wait(
     // The command is gone; its descendants go too, before the programs are detached.
     cgroup.kill_all(Duration::from_secs(5))?;
     while let Some(item) = events.next() {
-        if let Some(decided) = Decided::decode(&item) {
-            report(decided);
-        }
+        reporter.handle(&item)?;
     }
+    reporter.audit.close().context("closing the audit trail")?;
     let stats = enforcer.stats()?;
     if stats.events_lost > 0 {
         eprintln!(
-            "bridle: warning: {} decision events were lost (ring buffer full); the kernel still enforced them",
+            "bridle: warning: {} decision events were lost (ring buffer full): the kernel enforced them, but they are missing from the audit trail",
             stats.events_lost
         );
     }
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
+}
+
+/// Prints decisions for the operator and appends every one to the audit trail.
+struct Reporter<'a> {
+    verbose: bool,
+    compiled: &'a Compiled,
+    entries: &'a entries::KernelEntries,
+    workload: String,
+    audit: AuditWriter,
+}
+
+impl Reporter<'_> {
+    fn handle(&mut self, record: &[u8]) -> Result<()> {
+        let Some(decided) = Decided::decode(record) else {
+            return Ok(());
+        };
+        let rule = self
+            .compiled
+            .rules
+            .get(decided.rule as usize)
+            .map(|r| r.name.clone());
+        let object = match &decided.operation {
+            Operation::Exec { path, dev, ino } => self
+                .entries
+                .exec_paths
+                .get(&(*dev, *ino))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| path.clone()),
+            Operation::Connect(addr) => addr.to_string(),
+        };
+        if !decided.permitted || self.verbose {
+            let mut line = decided.report_line(|_| rule.clone());
+            if let Operation::Exec { path, .. } = &decided.operation {
+                if &object != path {
+                    line.push_str(&format!(" [file {object}]"));
+                }
+            }
+            eprintln!("{line}");
+        }
+        let (effect, code) = if decided.observed {
+            (Effect::Permit, Code::Observed)
+        } else if decided.permitted {
+            (Effect::Permit, decided.code.unwrap_or(Code::Permitted))
+        } else {
+            (Effect::Refuse, decided.code.unwrap_or(Code::NoMatchingRule))
+        };
+        let action = match decided.operation {
+            Operation::Exec { .. } => "exec",
+            Operation::Connect(_) => "connect",
+        };
+        self.audit
+            .append(RecordFields {
+                workload: self.workload.clone(),
+                pid: decided.tgid,
+                uid: decided.uid,
+                comm: decided.comm.clone(),
+                action: action.to_owned(),
+                object,
+                effect,
+                code,
+                rule,
+                permit_id: (decided.permit_id != 0).then_some(decided.permit_id),
+            })
+            .context("appending to the audit trail")?;
+        Ok(())
+    }
 }
 
 fn install_stop_handlers() -> Result<()> {

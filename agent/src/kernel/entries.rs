@@ -36,6 +36,42 @@ pub struct KernelEntries {
     pub not_enforced: Vec<String>,
 }
 
+impl KernelEntries {
+    /// The rule indices the entries were compiled from.
+    pub fn rules(&self) -> std::collections::BTreeSet<u32> {
+        let exec = self.exec.iter().map(|(_, d)| d.rule);
+        let net4 = self.net4.iter().flat_map(|(_, _, p)| used(p));
+        let net6 = self.net6.iter().flat_map(|(_, _, p)| used(p));
+        exec.chain(net4)
+            .chain(net6)
+            .filter(|r| *r != u32::MAX)
+            .collect()
+    }
+
+    /// Sets each entry's permit id and kernel expiry from its rule's permit.
+    pub fn stamp(&mut self, permit_of: impl Fn(u32) -> Option<(u64, u64)>) {
+        let apply = |d: &mut Decision| {
+            if let Some((id, expires)) = permit_of(d.rule) {
+                d.permit_id = id;
+                d.expires_ns = expires;
+            }
+        };
+        self.exec.iter_mut().for_each(|(_, d)| apply(d));
+        let net4 = self.net4.iter_mut().map(|(_, _, p)| p);
+        let net6 = self.net6.iter_mut().map(|(_, _, p)| p);
+        for ports in net4.chain(net6) {
+            let len = ports.len as usize;
+            ports.rules[..len]
+                .iter_mut()
+                .for_each(|r| apply(&mut r.decision));
+        }
+    }
+}
+
+fn used(p: &PortRules) -> impl Iterator<Item = u32> + '_ {
+    p.rules[..p.len as usize].iter().map(|r| r.decision.rule)
+}
+
 /// The kernel's encoding of a device number (`MKDEV`: major in the high 12 bits of 32).
 pub fn kernel_dev(st_dev: u64) -> u64 {
     let major = libc::major(st_dev) as u64;
