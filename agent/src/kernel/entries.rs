@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use bridle_common::{
     Decision, ExecKey, PortRule, PortRules, EFFECT_PERMIT, EFFECT_REFUSE, PORT_RULES,
 };
-use bridle_engine::{Code, Compiled, Effect, Engine, ExecPattern, Object, PortEntry, RuleId};
+use bridle_engine::{
+    Code, Compiled, Effect, Engine, ExecPattern, NetEntry, Object, PortEntry, RuleId,
+};
 use std::{
     collections::{BTreeSet, HashMap},
     fs,
@@ -97,28 +99,8 @@ fn rule_index(compiled: &Compiled, name: Option<&str>) -> u32 {
 pub fn build(engine: &Engine, compiled: &Compiled, workload: u64) -> Result<KernelEntries> {
     let mut out = KernelEntries::default();
     build_exec(engine, compiled, workload, &mut out)?;
-    for entry in &compiled.net4 {
-        out.net4.push((
-            entry.prefix_len,
-            entry.addr.octets(),
-            port_rules(
-                compiled,
-                &entry.ports,
-                &format!("{}/{}", entry.addr, entry.prefix_len),
-            )?,
-        ));
-    }
-    for entry in &compiled.net6 {
-        out.net6.push((
-            entry.prefix_len,
-            entry.addr.octets(),
-            port_rules(
-                compiled,
-                &entry.ports,
-                &format!("[{}]/{}", entry.addr, entry.prefix_len),
-            )?,
-        ));
-    }
+    out.net4 = net_entries(compiled, &compiled.net4, |a| a.octets())?;
+    out.net6 = net_entries(compiled, &compiled.net6, |a| a.octets())?;
     for host in &compiled.hosts {
         out.not_enforced.push(format!(
             "host-name rule {:?} is not enforced yet (no DNS resolver): connects to it fall to the default",
@@ -130,6 +112,22 @@ pub fn build(engine: &Engine, compiled: &Compiled, workload: u64) -> Result<Kern
             .push("unix-socket and raw-socket rules are not enforced by this version".to_owned());
     }
     Ok(out)
+}
+
+/// One family's address entries, each with its port rules.
+fn net_entries<A: std::fmt::Display + Copy, const N: usize>(
+    compiled: &Compiled,
+    entries: &[NetEntry<A>],
+    octets: impl Fn(A) -> [u8; N],
+) -> Result<Vec<(u8, [u8; N], PortRules)>> {
+    entries
+        .iter()
+        .map(|e| {
+            let what = format!("{}/{}", e.addr, e.prefix_len);
+            let rules = port_rules(compiled, &e.ports, &what)?;
+            Ok((e.prefix_len, octets(e.addr), rules))
+        })
+        .collect()
 }
 
 fn port_rules(compiled: &Compiled, ports: &[PortEntry], what: &str) -> Result<PortRules> {
