@@ -4,6 +4,7 @@
 
 use crate::connect::{mask4, mask6, ConnectObject, HostPattern, PortRange, Target};
 use crate::exec::ExecPattern;
+use crate::fasthash::FastMap;
 use crate::policy::{Rule, RuleMatcher};
 use crate::verdict::Effect;
 use std::collections::HashMap;
@@ -29,13 +30,13 @@ pub(crate) struct RuleIndex {
     /// Precedence of each rule: refuse before permit; then rules without a rate limit (so an
     /// unlimited permit is preferred over spending a budget); then by name. Lower wins.
     pub ranks: Vec<u32>,
-    exec_exact: HashMap<String, Vec<Hit>>,
-    exec_glob: HashMap<String, Vec<Hit>>,
-    v4: Vec<(u8, HashMap<u32, Ported>)>,
-    v6: Vec<(u8, HashMap<u128, Ported>)>,
-    host_exact: HashMap<String, Ported>,
-    host_suffix: HashMap<String, Ported>,
-    unix: HashMap<String, Vec<Hit>>,
+    exec_exact: FastMap<String, Vec<Hit>>,
+    exec_glob: FastMap<String, Vec<Hit>>,
+    v4: Vec<(u8, FastMap<u32, Ported>)>,
+    v6: Vec<(u8, FastMap<u128, Ported>)>,
+    host_exact: FastMap<String, Ported>,
+    host_suffix: FastMap<String, Ported>,
+    unix: FastMap<String, Vec<Hit>>,
     raw: Vec<Hit>,
 }
 
@@ -64,8 +65,8 @@ impl RuleIndex {
         for (rank, i) in precedence(rules).into_iter().enumerate() {
             ix.ranks[i] = rank as u32;
         }
-        let mut v4: HashMap<u8, HashMap<u32, Ported>> = HashMap::new();
-        let mut v6: HashMap<u8, HashMap<u128, Ported>> = HashMap::new();
+        let mut v4: HashMap<u8, FastMap<u32, Ported>> = HashMap::new();
+        let mut v6: HashMap<u8, FastMap<u128, Ported>> = HashMap::new();
         for (ri, rule) in rules.iter().enumerate() {
             match &rule.matcher {
                 RuleMatcher::Exec(patterns) => {

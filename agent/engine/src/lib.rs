@@ -35,6 +35,7 @@ pub mod diagnostic;
 pub mod duration;
 mod engine;
 pub mod exec;
+mod fasthash;
 mod index;
 mod kernel_model;
 mod parse;
