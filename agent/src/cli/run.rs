@@ -299,6 +299,11 @@ fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup) -> Result<u32> {
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
             }
+            // If bridle itself dies, its programs go with it: the command must not outlive
+            // them unconfined. (Its own children are not covered; see the README.)
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
