@@ -20,7 +20,7 @@ use aya_ebpf::{
 use bridle_common::{
     code, Decision, Event, ExecKey, Net4Key, Net6Key, PortRules, Workload, COMM_LEN, EFFECT_PERMIT,
     EFFECT_REFUSE, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED,
-    MAX_CGROUP_DEPTH, NET_KEY_WORKLOAD_BITS, PORT_RULES, STAT_COUNT, STAT_EVENTS_LOST, STAT_JUDGED,
+    MAX_CGROUP_DEPTH, NET_KEY_SLOT_BITS, PORT_RULES, STAT_COUNT, STAT_EVENTS_LOST, STAT_JUDGED,
     STAT_REFUSED, WORKLOAD_OBSERVE,
 };
 
@@ -33,16 +33,16 @@ const SOCK_DENY: i32 = 0;
 #[map]
 static WORKLOADS: HashMap<u64, Workload> = HashMap::with_max_entries(4096, 0);
 
-/// Exec decisions by (workload, device, inode).
+/// Exec decisions by (policy slot, device, inode).
 #[map]
 static EXEC_RULES: HashMap<ExecKey, Decision> =
     HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
-/// IPv4 connect decisions by (workload, address prefix).
+/// IPv4 connect decisions by (policy slot, address prefix).
 #[map]
 static NET4_RULES: LpmTrie<Net4Key, PortRules> = LpmTrie::with_max_entries(1 << 18, 0);
 
-/// IPv6 connect decisions by (workload, address prefix); IPv4-mapped addresses included.
+/// IPv6 connect decisions by (policy slot, address prefix); IPv4-mapped addresses included.
 #[map]
 static NET6_RULES: LpmTrie<Net6Key, PortRules> = LpmTrie::with_max_entries(1 << 18, 0);
 
@@ -125,7 +125,7 @@ fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
         let Some(w) = (unsafe { WORKLOADS.get(&id) }) else {
             continue;
         };
-        let d = decide(id, w, now);
+        let d = decide(w.slot, w, now);
         let refused_before = out.found && out.decision.effect != EFFECT_PERMIT;
         if !refused_before {
             out.workload = id;
@@ -193,7 +193,7 @@ pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
     };
     let mut read = false;
     let mut read_failed = false;
-    let j = judge(|id, w, now| {
+    let j = judge(|slot, w, now| {
         if !read {
             read = true;
             // SAFETY: `bprm` comes from the tracepoint; the accessor only probe-reads it.
@@ -209,7 +209,7 @@ pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
             };
         }
         let key = ExecKey {
-            workload: id,
+            slot,
             dev: file.dev,
             ino: file.ino,
         };
@@ -294,11 +294,11 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
     let ip = ip.to_ne_bytes();
     let port = u16::from_be(port as u16);
-    let j = judge(|id, w, now| {
+    let j = judge(|slot, w, now| {
         let key = Key::new(
-            NET_KEY_WORKLOAD_BITS + 32,
+            NET_KEY_SLOT_BITS + 32,
             Net4Key {
-                workload: id.to_ne_bytes(),
+                slot: slot.to_ne_bytes(),
                 addr: ip,
             },
         );
@@ -319,11 +319,11 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
     let port = u16::from_be(port as u16);
-    let j = judge(|id, w, now| {
+    let j = judge(|slot, w, now| {
         let key = Key::new(
-            NET_KEY_WORKLOAD_BITS + 128,
+            NET_KEY_SLOT_BITS + 128,
             Net6Key {
-                workload: id.to_ne_bytes(),
+                slot: slot.to_ne_bytes(),
                 addr,
             },
         );

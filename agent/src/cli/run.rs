@@ -110,7 +110,9 @@ fn confine_and_wait(
         );
     }
     let mut enforcer = Enforcer::load()?;
-    let mut entries = entries::build(engine, compiled, cgroup.id())?;
+    // One workload, one policy for its whole life: its cgroup id serves as its slot too.
+    let slot = cgroup.id();
+    let mut entries = entries::build(engine, compiled, slot)?;
     for warning in &entries.not_enforced {
         eprintln!("bridle: warning: {warning}");
     }
@@ -133,6 +135,7 @@ fn confine_and_wait(
         exec_default: default,
         connect_default: default,
         _pad: [0; 2],
+        slot,
     };
     enforcer.install(cgroup.id(), config, &entries)?;
     enforcer.attach_cgroup(cgroup.path())?;
@@ -165,7 +168,7 @@ fn confine_and_wait(
         }
         if Instant::now() >= next_renewal {
             issuer.renew()?;
-            let mut renewed = entries::build(engine, compiled, cgroup.id())?;
+            let mut renewed = entries::build(engine, compiled, slot)?;
             renewed.stamp(|rule| issuer.stamp(rule));
             enforcer.install(cgroup.id(), config, &renewed)?;
             next_renewal = Instant::now() + renew_every;

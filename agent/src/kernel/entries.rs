@@ -95,10 +95,10 @@ fn rule_index(compiled: &Compiled, name: Option<&str>) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// Builds the entries of `compiled` (the policy `engine` judges) for workload `workload`.
-pub fn build(engine: &Engine, compiled: &Compiled, workload: u64) -> Result<KernelEntries> {
+/// Builds the entries of `compiled` (the policy `engine` judges) under policy slot `slot`.
+pub fn build(engine: &Engine, compiled: &Compiled, slot: u64) -> Result<KernelEntries> {
     let mut out = KernelEntries::default();
-    build_exec(engine, compiled, workload, &mut out)?;
+    build_exec(engine, compiled, slot, &mut out)?;
     out.net4 = net_entries(compiled, &compiled.net4, |a| a.octets())?;
     out.net6 = net_entries(compiled, &compiled.net6, |a| a.octets())?;
     for host in &compiled.hosts {
@@ -166,7 +166,7 @@ fn port_rules(compiled: &Compiled, ports: &[PortEntry], what: &str) -> Result<Po
 fn build_exec(
     engine: &Engine,
     compiled: &Compiled,
-    workload: u64,
+    slot: u64,
     out: &mut KernelEntries,
 ) -> Result<()> {
     let mut candidates = BTreeSet::new();
@@ -193,7 +193,7 @@ fn build_exec(
             ..Decision::default()
         };
         let key = ExecKey {
-            workload,
+            slot,
             dev: kernel_dev(meta.dev()),
             ino: meta.ino(),
         };

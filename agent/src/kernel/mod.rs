@@ -14,7 +14,7 @@ use aya::{
     Ebpf,
 };
 use bridle_common::{
-    Decision, ExecKey, Net4Key, Net6Key, PortRules, Workload, NET_KEY_WORKLOAD_BITS, STAT_COUNT,
+    Decision, ExecKey, Net4Key, Net6Key, PortRules, Workload, NET_KEY_SLOT_BITS, STAT_COUNT,
 };
 use std::{fs::File, path::Path};
 
@@ -77,8 +77,9 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Writes a workload's entries, then the workload itself: until the workload entry exists
-    /// the programs ignore its tasks, so it is written last, when every decision is in place.
+    /// Writes a policy slot's entries, then points the workload at that slot (`config.slot`).
+    /// The workload entry is written last, in one map update: until then the programs judge the
+    /// workload by its previous slot (or ignore it, when it is new), never by a partial one.
     pub fn install(
         &mut self,
         workload: u64,
@@ -98,9 +99,9 @@ impl Enforcer {
                 map(&mut self.ebpf, "NET4_RULES")?;
             for (prefix, addr, rules) in &entries.net4 {
                 let key = Key::new(
-                    NET_KEY_WORKLOAD_BITS + u32::from(*prefix),
+                    NET_KEY_SLOT_BITS + u32::from(*prefix),
                     Net4Key {
-                        workload: workload.to_ne_bytes(),
+                        slot: config.slot.to_ne_bytes(),
                         addr: *addr,
                     },
                 );
@@ -113,9 +114,9 @@ impl Enforcer {
                 map(&mut self.ebpf, "NET6_RULES")?;
             for (prefix, addr, rules) in &entries.net6 {
                 let key = Key::new(
-                    NET_KEY_WORKLOAD_BITS + u32::from(*prefix),
+                    NET_KEY_SLOT_BITS + u32::from(*prefix),
                     Net6Key {
-                        workload: workload.to_ne_bytes(),
+                        slot: config.slot.to_ne_bytes(),
                         addr: *addr,
                     },
                 );

@@ -37,6 +37,10 @@ pub mod code {
 pub const WORKLOAD_OBSERVE: u32 = 1;
 
 /// A confined workload, keyed by the cgroup id (inode number) of its root cgroup.
+///
+/// Its decisions live under a policy *slot*: a reload writes a complete new slot, then points
+/// the workload at it with one map update, so no operation is judged by a mix of two policies
+/// and none meets a half-written one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Workload {
@@ -48,6 +52,8 @@ pub struct Workload {
     pub connect_default: u8,
     /// Padding; always zero.
     pub _pad: [u8; 2],
+    /// The policy slot whose entries decide for this workload.
+    pub slot: u64,
 }
 
 /// A compiled verdict for one object, as the engine issued it.
@@ -68,25 +74,25 @@ pub struct Decision {
     pub expires_ns: u64,
 }
 
-/// Key of the exec map: a file identity inside one workload.
+/// Key of the exec map: a file identity inside one policy slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ExecKey {
-    /// The workload's cgroup id.
-    pub workload: u64,
+    /// The policy slot.
+    pub slot: u64,
     /// The file's device, in the kernel's encoding (`major << 20 | minor`).
     pub dev: u64,
     /// The file's inode number.
     pub ino: u64,
 }
 
-/// The data part of an IPv4 LPM-trie key: the workload id, then the address, both matched
+/// The data part of an IPv4 LPM-trie key: the policy slot, then the address, both matched
 /// bit by bit, so the prefix length of an entry is `64 + cidr_len`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Net4Key {
-    /// The workload's cgroup id, native byte order (always fully matched).
-    pub workload: [u8; 8],
+    /// The policy slot, native byte order (always fully matched).
+    pub slot: [u8; 8],
     /// The address in network byte order.
     pub addr: [u8; 4],
 }
@@ -95,14 +101,14 @@ pub struct Net4Key {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Net6Key {
-    /// The workload's cgroup id, native byte order (always fully matched).
-    pub workload: [u8; 8],
+    /// The policy slot, native byte order (always fully matched).
+    pub slot: [u8; 8],
     /// The address in network byte order.
     pub addr: [u8; 16],
 }
 
-/// Bits of an LPM key taken by the workload id.
-pub const NET_KEY_WORKLOAD_BITS: u32 = 64;
+/// Bits of an LPM key taken by the policy slot.
+pub const NET_KEY_SLOT_BITS: u32 = 64;
 
 /// One port range of an address entry and its decision.
 #[repr(C)]
@@ -228,7 +234,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Workload>(), 8);
+        assert_eq!(size_of::<Workload>(), 16);
         assert_eq!(size_of::<Decision>(), 24);
         assert_eq!(size_of::<ExecKey>(), 24);
         assert_eq!(size_of::<Net4Key>(), 12);
