@@ -2,6 +2,7 @@
 
 mod cgroup;
 mod cli;
+mod fanotify;
 mod kernel;
 
 use clap::{Parser, Subcommand};
@@ -10,7 +11,11 @@ use std::process::ExitCode;
 
 /// Kernel-enforced guardrails for AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "bridle", version, about = "Kernel-enforced guardrails for AI agents")]
+#[command(
+    name = "bridle",
+    version,
+    about = "Kernel-enforced guardrails for AI agents"
+)]
 struct Cli {
     /// The daemon's state directory (keys, permits, audit trail).
     #[arg(

@@ -7,10 +7,16 @@
 
 use crate::{
     cgroup::{self, Cgroup},
-    kernel::{entries, events::Decided, Enforcer},
+    fanotify::{bpfmap::BpfMap, AskConfig, ExecAsk},
+    kernel::{
+        entries,
+        events::Decided,
+        tier::{self, ExecTier},
+        Enforcer,
+    },
 };
 use anyhow::{bail, Context, Result};
-use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_OBSERVE};
+use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE};
 use bridle_engine::{compile, Effect, Engine, Mode, Policy};
 use clap::Args;
 use std::{
@@ -22,7 +28,10 @@ use std::{
     },
     path::PathBuf,
     process::{Command, ExitCode},
-    sync::atomic::{AtomicI32, Ordering},
+    sync::{
+        atomic::{AtomicI32, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -41,10 +50,17 @@ pub struct RunArgs {
     /// Also report permitted operations.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Use this exec tier instead of the best one the kernel offers (only a lower one).
+    #[arg(long, value_name = "TIER")]
+    pub exec_tier: Option<ExecTier>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
+
+/// Longest a workload exec waits for the engine on the fanotify tier before the fail mode
+/// answers. Judging takes microseconds; this only bounds a stuck filesystem or a bug.
+const ASK_DEADLINE: Duration = Duration::from_millis(500);
 
 /// The signal that asked us to stop (0: none).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -64,7 +80,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     let observe = args.observe || policy.mode == Mode::Observe;
-    let engine = Engine::new(policy);
+    let engine = Arc::new(Engine::new(policy));
     let compiled = compile(engine.policy());
 
     let root = cgroup::v2_root()?;
@@ -79,7 +95,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 fn confine_and_wait(
     args: &RunArgs,
-    engine: &Engine,
+    engine: &Arc<Engine>,
     compiled: &bridle_engine::Compiled,
     observe: bool,
     cgroup: &Cgroup,
@@ -93,6 +109,9 @@ fn confine_and_wait(
         );
     }
     let mut enforcer = Enforcer::load()?;
+    let probe = tier::probe();
+    let tier = probe.choose(args.exec_tier)?;
+    enforcer.enable_exec_tier(tier)?;
     let entries = entries::build(engine, compiled, cgroup.id())?;
     for warning in &entries.not_enforced {
         eprintln!("bridle: warning: {warning}");
@@ -102,8 +121,12 @@ fn confine_and_wait(
     } else {
         EFFECT_REFUSE
     };
+    let mut flags = if observe { WORKLOAD_OBSERVE } else { 0 };
+    if compiled.allow_anonymous_exec {
+        flags |= WORKLOAD_ANON_EXEC;
+    }
     let config = Workload {
-        flags: if observe { WORKLOAD_OBSERVE } else { 0 },
+        flags,
         exec_default: default,
         connect_default: default,
         _pad: [0; 2],
@@ -111,6 +134,40 @@ fn confine_and_wait(
     enforcer.install(cgroup.id(), config, &entries)?;
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
+    // The fanotify tier: its task table gets the first process before it execs (below);
+    // everything it forks the kernel records itself.
+    let (ask, tasks_fd) = if tier == ExecTier::Fanotify {
+        let ask = ExecAsk::start(AskConfig {
+            workload: cgroup.id(),
+            engine: Arc::clone(engine),
+            rules: compiled.rules.iter().map(|r| r.name.clone()).collect(),
+            observe,
+            deadline: ASK_DEADLINE,
+            tasks: BpfMap::new(enforcer.map_fd("TASKS")?),
+            exec_rules: BpfMap::new(enforcer.map_fd("EXEC_RULES")?),
+        })
+        .context("starting the fanotify exec tier")?;
+        (Some(ask), Some(BpfMap::new(enforcer.map_fd("TASKS")?)))
+    } else {
+        (None, None)
+    };
+    // Said only now that every part of the tier is in place: never claim what is not active.
+    let forced = if tier < probe.best {
+        format!(" (forced; best available: {})", probe.best)
+    } else {
+        String::new()
+    };
+    let marks = ask
+        .as_ref()
+        .map(|a| {
+            let names: Vec<String> = a.marked.iter().map(|m| m.display().to_string()).collect();
+            format!(" (filesystems asked: {})", names.join(" "))
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "bridle: exec tier: {tier}{forced}: {}{marks}",
+        tier.effect()
+    );
     install_stop_handlers()?;
 
     let rule_name = |i: u32| compiled.rules.get(i as usize).map(|r| r.name.clone());
@@ -130,7 +187,11 @@ fn confine_and_wait(
         eprintln!("{line}");
     };
 
-    let child = spawn_in_cgroup(&args.command, cgroup)?;
+    let child = spawn_in_cgroup(
+        &args.command,
+        cgroup,
+        tasks_fd.as_ref().map(|m| (m.raw_fd(), cgroup.id())),
+    )?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
         wait_readable(events.as_raw_fd(), Duration::from_millis(50));
@@ -154,6 +215,16 @@ fn confine_and_wait(
     };
     // The command is gone; its descendants go too, before the programs are detached.
     cgroup.kill_all(Duration::from_secs(5))?;
+    if let Some(ask) = ask {
+        let failed = ask.stats.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            eprintln!(
+                "bridle: warning: {failed} exec permission events were answered by the fail mode"
+            );
+        }
+        // Stops the reader and its judge, and closes the fanotify group.
+        drop(ask);
+    }
     while let Some(item) = events.next() {
         if let Some(decided) = Decided::decode(&item) {
             report(decided);
@@ -184,8 +255,13 @@ fn install_stop_handlers() -> Result<()> {
     Ok(())
 }
 
-/// Starts `command` as a child that joins `cgroup` before it execs.
-fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup) -> Result<u32> {
+/// Starts `command` as a child that joins `cgroup` before it execs; with `tasks` (the task
+/// table's fd and the workload id) it also enters itself there, so its first exec is asked.
+fn spawn_in_cgroup(
+    command: &[OsString],
+    cgroup: &Cgroup,
+    tasks: Option<(RawFd, u64)>,
+) -> Result<u32> {
     let (program, rest) = command.split_first().context("no command given after --")?;
     let procs_path = cgroup.path().join("cgroup.procs");
     let procs = OpenOptions::new()
@@ -202,6 +278,18 @@ fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup) -> Result<u32> {
             // Writing "0" moves the writing process itself.
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some((fd, workload)) = tasks {
+                let pid = libc::getpid() as u32;
+                let rc = crate::fanotify::bpfmap::update_raw(
+                    fd,
+                    (&pid as *const u32).cast(),
+                    (&workload as *const u64).cast(),
+                    crate::fanotify::bpfmap::BPF_ANY,
+                );
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
