@@ -142,6 +142,7 @@ fn confine_and_wait(
             engine: Arc::clone(engine),
             rules: compiled.rules.iter().map(|r| r.name.clone()).collect(),
             observe,
+            allow_anonymous: compiled.allow_anonymous_exec,
             deadline: ASK_DEADLINE,
             tasks: BpfMap::new(enforcer.map_fd("TASKS")?),
             exec_rules: BpfMap::new(enforcer.map_fd("EXEC_RULES")?),

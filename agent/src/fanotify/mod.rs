@@ -129,6 +129,8 @@ pub struct AskConfig {
     pub rules: Vec<String>,
     /// Observe mode: allow everything (the backstop reports what it would refuse).
     pub observe: bool,
+    /// The policy allows memfd and deleted-file executables.
+    pub allow_anonymous: bool,
     /// Longest an exec of the workload waits for the engine before the fail mode answers.
     pub deadline: Duration,
     /// The kernel's task table (`TASKS`).
@@ -185,6 +187,7 @@ impl ExecAsk {
             engine,
             rules,
             observe,
+            allow_anonymous,
             tasks,
             exec_rules,
             ..
@@ -194,6 +197,8 @@ impl ExecAsk {
             engine,
             rules,
             observe,
+            allow_anonymous,
+            loaders: known_loaders(),
             exec_rules,
             interp: HashMap::new(),
         };
@@ -492,6 +497,9 @@ struct Worker {
     engine: Arc<Engine>,
     rules: Vec<String>,
     observe: bool,
+    allow_anonymous: bool,
+    /// The dynamic loaders of this system, by identity.
+    loaders: HashSet<(u64, u64)>,
     exec_rules: BpfMap,
     /// The loader each exec will open next, by pid: (dev, ino, when).
     interp: HashMap<i32, (u64, u64, Instant)>,
@@ -532,6 +540,23 @@ impl Worker {
         // was judged already. A direct exec of the loader has no such predecessor.
         if let Some((d, i, at)) = self.interp.remove(&pid) {
             if (d, i) == (dev, ino) && at.elapsed() < INTERP_WINDOW {
+                return Ok(true);
+            }
+        }
+        if self.allow_anonymous && self.loaders.contains(&(dev, ino)) {
+            // With anonymous executables allowed, a loader open without a judged predecessor
+            // may be the interpreter of a memfd exec, which no filesystem mark can ask about
+            // on this kernel. Allow it without an entry: a direct exec of the loader is then
+            // still refused by the kill-on-exec backstop, which finds no permit for it.
+            if self
+                .exec_rules
+                .lookup::<_, Decision>(&ExecKey {
+                    workload: self.workload,
+                    dev,
+                    ino,
+                })?
+                .is_none()
+            {
                 return Ok(true);
             }
         }
@@ -619,6 +644,23 @@ impl Worker {
         eprintln!("bridle: refused exec {path} ({}{rule})", code.as_str());
         false
     }
+}
+
+/// The identities of the loaders named by the shell's and bridle's own `PT_INTERP`.
+fn known_loaders() -> HashSet<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashSet::new();
+    for exe in [Path::new("/bin/sh"), Path::new("/proc/self/exe")] {
+        let Ok(file) = std::fs::File::open(exe) else {
+            continue;
+        };
+        if let Some(meta) =
+            elf_interpreter(file.as_raw_fd()).and_then(|l| std::fs::metadata(l).ok())
+        {
+            out.insert((kernel_dev(meta.dev()), meta.ino()));
+        }
+    }
+    out
 }
 
 /// The `PT_INTERP` path of a 64-bit ELF, read through the event's fd.
