@@ -149,7 +149,11 @@ fn permitted_exec_runs_and_refused_exec_never_runs() {
         unnamed = unnamed.display(),
         named = named.display()
     );
-    let f = finish(bridle_run(&policy, &[], &script), DEADLINE);
+    // This test pins the kill-on-exec tier; tests/exec.rs covers every tier.
+    let f = finish(
+        bridle_run(&policy, &["--exec-tier", "kill"], &script),
+        DEADLINE,
+    );
     let ctx = show(&f);
     assert_eq!(f.code, 0, "{ctx}");
     assert!(f.stdout.contains("permitted-ran"), "{ctx}");

@@ -2,6 +2,7 @@
 
 mod cgroup;
 mod cli;
+mod fanotify;
 mod issuer;
 mod kernel;
 

@@ -75,3 +75,17 @@ __attribute__((always_inline)) int bridle_read_exec_file(const struct linux_binp
 	out->_pad = 0;
 	return 0;
 }
+
+struct task_struct {
+	int tgid;
+} __attribute__((preserve_access_index));
+
+// The thread-group id (user space's pid) of `task`, or 0 when the read faults.
+__attribute__((always_inline)) u32 bridle_task_tgid(const struct task_struct *task)
+{
+	int tgid = 0;
+
+	if (READ_KERNEL(tgid, task->tgid))
+		return 0;
+	return (u32)tgid;
+}

@@ -6,6 +6,9 @@
 #![no_std]
 #![no_main]
 
+// The exec tier programs: the BPF LSM hook and the task tracking the fanotify tier asks.
+mod lsm;
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
@@ -21,7 +24,7 @@ use bridle_common::{
     code, Decision, Event, ExecKey, Net4Key, Net6Key, PortRules, Workload, COMM_LEN, EFFECT_PERMIT,
     EFFECT_REFUSE, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED,
     MAX_CGROUP_DEPTH, NET_KEY_SLOT_BITS, PORT_RULES, STAT_COUNT, STAT_EVENTS_LOST, STAT_JUDGED,
-    STAT_REFUSED, WORKLOAD_OBSERVE,
+    STAT_REFUSED, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
 };
 
 const SIGKILL: u32 = 9;
@@ -214,7 +217,21 @@ pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
             ino: file.ino,
         };
         // SAFETY: see WORKLOADS.
-        live(unsafe { EXEC_RULES.get(&key) }, w.exec_default, now)
+        let entry = unsafe { EXEC_RULES.get(&key) };
+        if file.nlink == 0 && entry.is_none() {
+            // A memfd or a deleted file: no rule can name it, the policy's switch decides.
+            return Decision {
+                effect: if w.flags & WORKLOAD_ANON_EXEC != 0 {
+                    EFFECT_PERMIT
+                } else {
+                    EFFECT_REFUSE
+                },
+                code: code::ANONYMOUS_EXEC,
+                rule: u32::MAX,
+                ..Decision::default()
+            };
+        }
+        live(entry, w.exec_default, now)
     });
     if !j.found {
         return 0;

@@ -7,15 +7,17 @@
 
 use crate::{
     cgroup::{self, Cgroup},
+    fanotify::{bpfmap::BpfMap, AskConfig, AskDecision, ExecAsk},
     issuer::Issuer,
     kernel::{
         entries,
         events::{Decided, Operation},
+        tier::{self, ExecTier},
         Enforcer,
     },
 };
 use anyhow::{bail, Context, Result};
-use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_OBSERVE};
+use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE};
 use bridle_engine::{compile, Code, Compiled, Effect, Engine, Mode, Policy};
 use bridle_trust::{
     audit::{AuditConfig, AuditWriter, RecordFields},
@@ -31,7 +33,10 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, ExitCode},
-    sync::atomic::{AtomicI32, Ordering},
+    sync::{
+        atomic::{AtomicI32, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -50,10 +55,17 @@ pub struct RunArgs {
     /// Also report permitted operations.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Use this exec tier instead of the best one the kernel offers (only a lower one).
+    #[arg(long, value_name = "TIER")]
+    pub exec_tier: Option<ExecTier>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
+
+/// Longest a workload exec waits for the engine on the fanotify tier before the fail mode
+/// answers. Judging takes microseconds; this only bounds a stuck filesystem or a bug.
+const ASK_DEADLINE: Duration = Duration::from_millis(500);
 
 /// The signal that asked us to stop (0: none).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -73,7 +85,7 @@ pub fn run(global: &super::Global, args: RunArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     let observe = args.observe || policy.mode == Mode::Observe;
-    let engine = Engine::new(policy);
+    let engine = Arc::new(Engine::new(policy));
     let compiled = compile(engine.policy());
 
     let root = cgroup::v2_root()?;
@@ -96,7 +108,7 @@ pub fn run(global: &super::Global, args: RunArgs) -> Result<ExitCode> {
 fn confine_and_wait(
     state_dir: &Path,
     args: &RunArgs,
-    engine: &Engine,
+    engine: &Arc<Engine>,
     compiled: &Compiled,
     observe: bool,
     cgroup: &Cgroup,
@@ -110,6 +122,9 @@ fn confine_and_wait(
         );
     }
     let mut enforcer = Enforcer::load()?;
+    let probe = tier::probe();
+    let tier = probe.choose(args.exec_tier)?;
+    enforcer.enable_exec_tier(tier)?;
     // One workload, one policy for its whole life: its cgroup id serves as its slot too.
     let slot = cgroup.id();
     let mut entries = entries::build(engine, compiled, slot)?;
@@ -130,8 +145,12 @@ fn confine_and_wait(
     } else {
         EFFECT_REFUSE
     };
+    let mut flags = if observe { WORKLOAD_OBSERVE } else { 0 };
+    if compiled.allow_anonymous_exec {
+        flags |= WORKLOAD_ANON_EXEC;
+    }
     let config = Workload {
-        flags: if observe { WORKLOAD_OBSERVE } else { 0 },
+        flags,
         exec_default: default,
         connect_default: default,
         _pad: [0; 2],
@@ -140,6 +159,44 @@ fn confine_and_wait(
     enforcer.install(cgroup.id(), config, &entries)?;
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
+    // The fanotify tier: its task table gets the first process before it execs (below);
+    // everything it forks the kernel records itself.
+    let (decisions_tx, decisions) = std::sync::mpsc::channel::<AskDecision>();
+    let (ask, tasks_fd) = if tier == ExecTier::Fanotify {
+        let ask = ExecAsk::start(AskConfig {
+            workload: cgroup.id(),
+            slot,
+            decisions: decisions_tx,
+            engine: Arc::clone(engine),
+            rules: compiled.rules.iter().map(|r| r.name.clone()).collect(),
+            observe,
+            allow_anonymous: compiled.allow_anonymous_exec,
+            deadline: ASK_DEADLINE,
+            tasks: BpfMap::new(enforcer.map_fd("TASKS")?),
+            exec_rules: BpfMap::new(enforcer.map_fd("EXEC_RULES")?),
+        })
+        .context("starting the fanotify exec tier")?;
+        (Some(ask), Some(BpfMap::new(enforcer.map_fd("TASKS")?)))
+    } else {
+        (None, None)
+    };
+    // Said only now that every part of the tier is in place: never claim what is not active.
+    let forced = if tier < probe.best {
+        format!(" (forced; best available: {})", probe.best)
+    } else {
+        String::new()
+    };
+    let marks = ask
+        .as_ref()
+        .map(|a| {
+            let names: Vec<String> = a.marked.iter().map(|m| m.display().to_string()).collect();
+            format!(" (filesystems asked: {})", names.join(" "))
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "bridle: exec tier: {tier}{forced}: {}{marks}",
+        tier.effect()
+    );
     install_stop_handlers()?;
     let audit = AuditWriter::open(
         &state_dir.join("audit"),
@@ -148,9 +205,13 @@ fn confine_and_wait(
         AuditConfig::default(),
     )
     .with_context(|| format!("opening the audit trail under {}", state_dir.display()))?;
+    let permit_of = (0..compiled.rules.len() as u32)
+        .filter_map(|i| Some((compiled.rules[i as usize].name.clone(), issuer.stamp(i)?.0)))
+        .collect();
     let mut reporter = Reporter {
         verbose: args.verbose,
         compiled,
+        permit_of,
         entries: &entries,
         workload: subject.cgroup_path.clone(),
         audit,
@@ -159,12 +220,19 @@ fn confine_and_wait(
     let renew_every = (issuer.ttl() / 2).max(Duration::from_secs(1));
     let mut next_renewal = Instant::now() + renew_every;
 
-    let child = spawn_in_cgroup(&args.command, cgroup)?;
+    let child = spawn_in_cgroup(
+        &args.command,
+        cgroup,
+        tasks_fd.as_ref().map(|m| (m.raw_fd(), cgroup.id())),
+    )?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
         wait_readable(events.as_raw_fd(), Duration::from_millis(50));
         while let Some(item) = events.next() {
             reporter.handle(&item)?;
+        }
+        while let Ok(decision) = decisions.try_recv() {
+            reporter.handle_ask(decision)?;
         }
         if Instant::now() >= next_renewal {
             issuer.renew()?;
@@ -188,8 +256,21 @@ fn confine_and_wait(
     };
     // The command is gone; its descendants go too, before the programs are detached.
     cgroup.kill_all(Duration::from_secs(5))?;
+    if let Some(ask) = ask {
+        let failed = ask.stats.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            eprintln!(
+                "bridle: warning: {failed} exec permission events were answered by the fail mode"
+            );
+        }
+        // Stops the reader and its judge, and closes the fanotify group.
+        drop(ask);
+    }
     while let Some(item) = events.next() {
         reporter.handle(&item)?;
+    }
+    while let Ok(decision) = decisions.try_recv() {
+        reporter.handle_ask(decision)?;
     }
     reporter.audit.close().context("closing the audit trail")?;
     let stats = enforcer.stats()?;
@@ -206,12 +287,54 @@ fn confine_and_wait(
 struct Reporter<'a> {
     verbose: bool,
     compiled: &'a Compiled,
+    /// Permit ids by rule name, for decisions taken in user space.
+    permit_of: std::collections::HashMap<String, u64>,
     entries: &'a entries::KernelEntries,
     workload: String,
     audit: AuditWriter,
 }
 
 impl Reporter<'_> {
+    /// A refusal the fanotify tier took in user space: the kernel never saw that exec.
+    fn handle_ask(&mut self, d: AskDecision) -> Result<()> {
+        let rule = d.rule.map(|r| format!(", rule {r}")).unwrap_or_default();
+        if d.observed {
+            eprintln!(
+                "bridle: observed exec {} (OBSERVED: would be refused, {}{rule})",
+                d.path,
+                d.code.as_str()
+            );
+        } else {
+            eprintln!(
+                "bridle: refused exec {} ({}{rule})",
+                d.path,
+                d.code.as_str()
+            );
+        }
+        let rule = rule.strip_prefix(", rule ").map(str::to_owned);
+        let (comm, uid) = proc_identity(d.pid);
+        let (effect, code) = if d.observed {
+            (Effect::Permit, Code::Observed)
+        } else {
+            (Effect::Refuse, d.code)
+        };
+        self.audit
+            .append(RecordFields {
+                workload: self.workload.clone(),
+                pid: d.pid as u32,
+                uid,
+                comm,
+                action: "exec".to_owned(),
+                object: d.path,
+                effect,
+                code,
+                permit_id: rule.as_ref().and_then(|r| self.permit_of.get(r).copied()),
+                rule,
+            })
+            .context("appending to the audit trail")?;
+        Ok(())
+    }
+
     fn handle(&mut self, record: &[u8]) -> Result<()> {
         let Some(decided) = Decided::decode(record) else {
             return Ok(());
@@ -268,6 +391,22 @@ impl Reporter<'_> {
     }
 }
 
+/// The comm and real uid of a live process (best effort: it may be gone already).
+fn proc_identity(pid: i32) -> (String, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    let comm = field("Name:").unwrap_or_default();
+    let uid = field("Uid:")
+        .and_then(|v| v.split_whitespace().next().and_then(|u| u.parse().ok()))
+        .unwrap_or(u32::MAX);
+    (comm, uid)
+}
+
 fn install_stop_handlers() -> Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let action = SigAction::new(
@@ -283,8 +422,13 @@ fn install_stop_handlers() -> Result<()> {
     Ok(())
 }
 
-/// Starts `command` as a child that joins `cgroup` before it execs.
-fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup) -> Result<u32> {
+/// Starts `command` as a child that joins `cgroup` before it execs; with `tasks` (the task
+/// table's fd and the workload id) it also enters itself there, so its first exec is asked.
+fn spawn_in_cgroup(
+    command: &[OsString],
+    cgroup: &Cgroup,
+    tasks: Option<(RawFd, u64)>,
+) -> Result<u32> {
     let (program, rest) = command.split_first().context("no command given after --")?;
     let procs_path = cgroup.path().join("cgroup.procs");
     let procs = OpenOptions::new()
@@ -306,6 +450,18 @@ fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup) -> Result<u32> {
             // them unconfined. (Its own children are not covered; see the README.)
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some((fd, workload)) = tasks {
+                let pid = libc::getpid() as u32;
+                let rc = crate::fanotify::bpfmap::update_raw(
+                    fd,
+                    (&pid as *const u32).cast(),
+                    (&workload as *const u64).cast(),
+                    crate::fanotify::bpfmap::BPF_ANY,
+                );
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

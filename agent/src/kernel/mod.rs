@@ -6,6 +6,7 @@
 
 pub mod entries;
 pub mod events;
+pub mod tier;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{

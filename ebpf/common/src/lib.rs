@@ -31,10 +31,15 @@ pub mod code {
     pub const PERMITTED: u8 = 0;
     /// No rule matched; the workload's default decided.
     pub const NO_MATCHING_RULE: u8 = 1;
+    /// A memfd or deleted-file executable, and the policy does not allow those.
+    pub const ANONYMOUS_EXEC: u8 = 7;
 }
 
 /// Workload flag: observe mode. Nothing is refused; would-be refusals are reported.
 pub const WORKLOAD_OBSERVE: u32 = 1;
+
+/// Workload flag: the policy allows anonymous (memfd or deleted-file) executables.
+pub const WORKLOAD_ANON_EXEC: u32 = 2;
 
 /// A confined workload, keyed by the cgroup id (inode number) of its root cgroup.
 ///
