@@ -10,7 +10,11 @@ use std::process::ExitCode;
 
 /// Kernel-enforced guardrails for AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "bridle", version, about = "Kernel-enforced guardrails for AI agents")]
+#[command(
+    name = "bridle",
+    version,
+    about = "Kernel-enforced guardrails for AI agents"
+)]
 struct Cli {
     /// The daemon's state directory (keys, permits, audit trail).
     #[arg(

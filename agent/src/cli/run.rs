@@ -102,12 +102,13 @@ fn confine_and_wait(
     } else {
         EFFECT_REFUSE
     };
-    let config = Workload {
+    let mut config = Workload {
         flags: if observe { WORKLOAD_OBSERVE } else { 0 },
         exec_default: default,
         connect_default: default,
-        _pad: [0; 2],
+        ..Workload::default()
     };
+    crate::kernel::net::set_raw(&mut config, compiled);
     enforcer.install(cgroup.id(), config, &entries)?;
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
@@ -130,7 +131,10 @@ fn confine_and_wait(
         eprintln!("{line}");
     };
 
-    let child = spawn_in_cgroup(&args.command, cgroup)?;
+    // The sock_create hook cannot see packet sockets (see net::drop_net_raw); without the
+    // capability they need, the command cannot open them either. Observe mode refuses nothing.
+    let drop_raw = !observe && config.raw_effect != EFFECT_PERMIT;
+    let child = spawn_in_cgroup(&args.command, cgroup, drop_raw)?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
         wait_readable(events.as_raw_fd(), Duration::from_millis(50));
@@ -184,8 +188,9 @@ fn install_stop_handlers() -> Result<()> {
     Ok(())
 }
 
-/// Starts `command` as a child that joins `cgroup` before it execs.
-fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup) -> Result<u32> {
+/// Starts `command` as a child that joins `cgroup` before it execs, without `CAP_NET_RAW` if
+/// `drop_raw`.
+fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup, drop_raw: bool) -> Result<u32> {
     let (program, rest) = command.split_first().context("no command given after --")?;
     let procs_path = cgroup.path().join("cgroup.procs");
     let procs = OpenOptions::new()
@@ -196,12 +201,15 @@ fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup) -> Result<u32> {
     let mut cmd = Command::new(program);
     cmd.args(rest);
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
-    // (write(2) on an fd opened before the fork); it allocates nothing.
+    // (write(2) on an fd opened before the fork, prctl and capset); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Writing "0" moves the writing process itself.
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if drop_raw {
+                crate::kernel::net::drop_net_raw()?;
             }
             Ok(())
         });
