@@ -149,9 +149,16 @@ pub fn loaded_bridle_programs() -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| {
-            ["exec_guard", "connect4", "connect6"]
-                .iter()
-                .any(|n| l.contains(&format!("name {n} ")))
+            [
+                "exec_guard",
+                "connect4",
+                "connect6",
+                "sendmsg4",
+                "sendmsg6",
+                "sock_create",
+            ]
+            .iter()
+            .any(|n| l.contains(&format!("name {n} ")))
         })
         .map(str::to_owned)
         .collect()
