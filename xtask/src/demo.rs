@@ -39,7 +39,10 @@ pub fn run(bin: &Path) -> Result<()> {
         for mut conn in listener.incoming().flatten() {
             let mut buf = String::new();
             let _ = conn.read_to_string(&mut buf);
-            println!("(the listener outside the workload received: {:?})", buf.trim_end());
+            println!(
+                "(the listener outside the workload received: {:?})",
+                buf.trim_end()
+            );
         }
     });
     println!("bridle demo: `bridle run --verbose -- sh -c SCRIPT` with the shipped default policy");
