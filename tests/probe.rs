@@ -1,13 +1,20 @@
 //! `bridle-probe`: a workload program for the integration tests.
 //!
 //! `bridle-probe connect ADDR` connects over TCP and prints `connect ADDR: ok` or
-//! `connect ADDR: errno N`; the exit status is 0 or 1.
+//! `connect ADDR: errno N`; the exit status is 0 or 1. The tests read what the workload saw,
+//! not what bridle says it did.
 //!
 //! `bridle-probe exec HOW FILE ARGS…` executes FILE one way (`path`: execve; `empty-path`:
 //! execveat(fd, "", AT_EMPTY_PATH); `fexecve`: fexecve(3); `memfd`: a memfd copy of FILE;
 //! `deleted`: a copy of FILE next to it, unlinked before the exec; `ldso`: the dynamic loader
 //! with FILE as its argument). When the exec fails it prints `exec HOW: errno N` and exits
-//! with N. The tests read what the workload saw, not what bridle says it did.
+//! with N.
+//!
+//! The other operations report the same way (`OP ARG: ok` / `OP ARG: errno N`):
+//! `udp-send ADDR` (sendto without connect), `tfo ADDR` (TCP Fast Open: `sendto` with
+//! `MSG_FASTOPEN`, which connects inside the send), `uring-connect ADDR` (a connect submitted
+//! through io_uring), `raw-socket` / `packet-socket` (creation only), `unix-connect PATH`
+//! (stream) and `unix-send PATH` (datagram); a PATH starting with `@` is abstract.
 
 use std::{
     io::Write,
@@ -21,10 +28,21 @@ fn main() {
         [cmd, addr] if cmd == "connect" => connect(addr),
         [cmd, addr, n] if cmd == "connect-loop" => connect_loop(addr, n),
         [cmd, how, file, rest @ ..] if cmd == "exec" => exec(how, file, rest),
+        [cmd, addr] if cmd == "udp-send" => report(cmd, addr, udp_send(addr)),
+        [cmd, addr] if cmd == "tfo" => report(cmd, addr, tfo(addr)),
+        [cmd, addr] if cmd == "uring-connect" => report(cmd, addr, uring_connect(addr)),
+        [cmd] if cmd == "raw-socket" => report(
+            cmd,
+            "",
+            socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        ),
+        [cmd] if cmd == "packet-socket" => {
+            report(cmd, "", socket(libc::AF_PACKET, libc::SOCK_RAW, 0))
+        }
+        [cmd, path] if cmd == "unix-connect" => report(cmd, path, unix(path, libc::SOCK_STREAM)),
+        [cmd, path] if cmd == "unix-send" => report(cmd, path, unix(path, libc::SOCK_DGRAM)),
         _ => {
-            eprintln!(
-                "usage: bridle-probe connect ADDR | connect-loop ADDR N | exec HOW FILE ARGS..."
-            );
+            eprintln!("usage: bridle-probe connect ADDR | connect-loop ADDR N | exec HOW FILE ARGS... | udp-send ADDR | tfo ADDR | uring-connect ADDR | raw-socket | packet-socket | unix-connect PATH | unix-send PATH");
             2
         }
     };
@@ -64,6 +82,211 @@ fn connect_loop(addr: &str, n: &str) -> i32 {
     0
 }
 
+/// Prints the outcome of one operation and turns it into the exit status.
+fn report(cmd: &str, arg: &str, result: std::io::Result<()>) -> i32 {
+    let what = if arg.is_empty() {
+        cmd.to_owned()
+    } else {
+        format!("{cmd} {arg}")
+    };
+    match result {
+        Ok(()) => {
+            println!("{what}: ok");
+            0
+        }
+        Err(err) => {
+            println!("{what}: errno {}", err.raw_os_error().unwrap_or(-1));
+            1
+        }
+    }
+}
+
+fn parse(addr: &str) -> std::io::Result<std::net::SocketAddr> {
+    addr.parse()
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn udp_send(addr: &str) -> std::io::Result<()> {
+    let to = parse(addr)?;
+    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let sock = std::net::UdpSocket::bind(bind)?;
+    sock.send_to(b"probe\n", to)?;
+    Ok(())
+}
+
+/// The raw socket address of `addr`, for the libc calls std does not wrap.
+fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// An owned socket fd, closed on drop.
+struct Fd(i32);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: the fd is owned by this value.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn socket(family: i32, kind: i32, protocol: i32) -> std::io::Result<()> {
+    open(family, kind, protocol).map(drop)
+}
+
+fn open(family: i32, kind: i32, protocol: i32) -> std::io::Result<Fd> {
+    // SAFETY: a plain socket(2) call.
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Fd(fd))
+}
+
+/// TCP Fast Open: the connect happens inside `sendto(MSG_FASTOPEN)`, never through connect(2).
+fn tfo(addr: &str) -> std::io::Result<()> {
+    let to = parse(addr)?;
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = open(family, libc::SOCK_STREAM, 0)?;
+    let (storage, len) = sockaddr(to);
+    let data = b"probe\n";
+    // SAFETY: the buffer and address are valid for the duration of the call.
+    let n = unsafe {
+        libc::sendto(
+            fd.0,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A connect submitted as an io_uring operation, which the kernel runs without connect(2).
+fn uring_connect(addr: &str) -> std::io::Result<()> {
+    let to = parse(addr)?;
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = open(family, libc::SOCK_STREAM, 0)?;
+    let (storage, len) = sockaddr(to);
+    let mut ring = io_uring::IoUring::new(4)?;
+    let op = io_uring::opcode::Connect::new(
+        io_uring::types::Fd(fd.0),
+        (&storage as *const libc::sockaddr_storage).cast(),
+        len,
+    )
+    .build()
+    .user_data(1);
+    // SAFETY: the address and fd outlive the operation: we wait for its completion below.
+    unsafe { ring.submission().push(&op) }
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EBUSY))?;
+    ring.submit_and_wait(1)?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EIO))?;
+    if cqe.result() < 0 {
+        return Err(std::io::Error::from_raw_os_error(-cqe.result()));
+    }
+    Ok(())
+}
+
+/// A unix connect (stream) or datagram send to `path`; `@name` is the abstract name `name`.
+fn unix(path: &str, kind: i32) -> std::io::Result<()> {
+    let fd = open(libc::AF_UNIX, kind, 0)?;
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    // The abstract namespace starts with a NUL byte instead of the `@` people write.
+    let (abstract_name, name) = match bytes.split_first() {
+        Some((b'@', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    let offset = usize::from(abstract_name);
+    if offset + name.len() >= sun.sun_path.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (i, b) in name.iter().enumerate() {
+        sun.sun_path[offset + i] = *b as libc::c_char;
+    }
+    let base = std::mem::size_of::<libc::sa_family_t>();
+    let len = if abstract_name {
+        base + 1 + name.len()
+    } else {
+        base + name.len() + 1
+    };
+    let addr = (&sun as *const libc::sockaddr_un).cast::<libc::sockaddr>();
+    let rc = if kind == libc::SOCK_STREAM {
+        // SAFETY: the address is valid for `len` bytes.
+        unsafe { libc::connect(fd.0, addr, len as libc::socklen_t) }
+    } else {
+        let data = b"probe\n";
+        // SAFETY: the buffer and address are valid for the duration of the call.
+        let n = unsafe {
+            libc::sendto(
+                fd.0,
+                data.as_ptr().cast(),
+                data.len(),
+                0,
+                addr,
+                len as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            -1
+        } else {
+            0
+        }
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The dynamic loader of this platform.
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 
@@ -96,7 +319,7 @@ fn exec(how: &str, file: &str, rest: &[String]) -> i32 {
             "empty-path" | "fexecve" => {
                 let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                 if fd < 0 {
-                    return report(how, "open");
+                    return exec_failed(how, "open");
                 }
                 if how == "fexecve" {
                     libc::fexecve(fd, ptrs.as_ptr(), env.as_ptr());
@@ -113,23 +336,23 @@ fn exec(how: &str, file: &str, rest: &[String]) -> i32 {
             }
             "memfd" => {
                 let Ok(bytes) = std::fs::read(file) else {
-                    return report(how, "read");
+                    return exec_failed(how, "read");
                 };
                 let fd = libc::memfd_create(cstring("probe").as_ptr(), libc::MFD_CLOEXEC);
                 if fd < 0 || libc::write(fd, bytes.as_ptr().cast(), bytes.len()) < 0 {
-                    return report(how, "memfd");
+                    return exec_failed(how, "memfd");
                 }
                 libc::fexecve(fd, ptrs.as_ptr(), env.as_ptr());
             }
             "deleted" => {
                 let copy = format!("{file}.deleted-copy");
                 if std::fs::copy(file, &copy).is_err() {
-                    return report(how, "copy");
+                    return exec_failed(how, "copy");
                 }
                 let cpath = cstring(&copy);
                 let fd = libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                 if fd < 0 || libc::unlink(cpath.as_ptr()) != 0 {
-                    return report(how, "open");
+                    return exec_failed(how, "open");
                 }
                 libc::syscall(
                     libc::SYS_execveat,
@@ -146,11 +369,11 @@ fn exec(how: &str, file: &str, rest: &[String]) -> i32 {
             }
         }
     }
-    report(how, "exec")
+    exec_failed(how, "exec")
 }
 
 /// Prints the errno of the failed step and returns it as the exit status.
-fn report(how: &str, step: &str) -> i32 {
+fn exec_failed(how: &str, step: &str) -> i32 {
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
     if step == "exec" {
         println!("exec {how}: errno {errno}");

@@ -8,6 +8,7 @@
 
 // The exec tier programs: the BPF LSM hook and the task tracking the fanotify tier asks.
 mod lsm;
+mod sock;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -17,14 +18,14 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes, bpf_send_signal,
     },
     macros::{cgroup_sock_addr, map, raw_tracepoint},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, SockAddrContext},
 };
 use bridle_common::{
     code, Decision, Event, ExecKey, Net4Key, Net6Key, PortRules, Workload, COMM_LEN, EFFECT_PERMIT,
     EFFECT_REFUSE, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED,
-    MAX_CGROUP_DEPTH, NET_KEY_SLOT_BITS, PORT_RULES, STAT_COUNT, STAT_EVENTS_LOST, STAT_JUDGED,
-    STAT_REFUSED, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
+    MAX_CGROUP_DEPTH, PORT_RULES, STAT_COUNT, STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED,
+    WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
 };
 
 const SIGKILL: u32 = 9;
@@ -307,46 +308,13 @@ fn finish_connect(j: Judgement, kind: u8, port: u16, addr: [u8; 16]) -> i32 {
 /// Judges IPv4 connects (TCP and connected UDP) of sockets born in a confined cgroup.
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the context is the kernel's bpf_sock_addr, readable in this program type.
-    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
-    let ip = ip.to_ne_bytes();
-    let port = u16::from_be(port as u16);
-    let j = judge(|slot, w, now| {
-        let key = Key::new(
-            NET_KEY_SLOT_BITS + 32,
-            Net4Key {
-                slot: slot.to_ne_bytes(),
-                addr: ip,
-            },
-        );
-        port_decision(NET4_RULES.get(&key), port, w.connect_default, now)
-    });
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&ip);
-    finish_connect(j, EVENT_CONNECT4, port, addr)
+    sock::inet4(&ctx, EVENT_CONNECT4)
 }
 
 /// Judges IPv6 connects; IPv4-mapped destinations meet the IPv4 rules the engine mapped in.
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as in connect4.
-    let (words, port) = unsafe { ((*ctx.sock_addr).user_ip6, (*ctx.sock_addr).user_port) };
-    let mut addr = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    let port = u16::from_be(port as u16);
-    let j = judge(|slot, w, now| {
-        let key = Key::new(
-            NET_KEY_SLOT_BITS + 128,
-            Net6Key {
-                slot: slot.to_ne_bytes(),
-                addr,
-            },
-        );
-        port_decision(NET6_RULES.get(&key), port, w.connect_default, now)
-    });
-    finish_connect(j, EVENT_CONNECT6, port, addr)
+    sock::inet6(&ctx, EVENT_CONNECT6)
 }
 
 #[cfg(not(test))]

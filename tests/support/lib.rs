@@ -156,6 +156,9 @@ pub fn loaded_bridle_programs() -> Vec<String> {
                 "task_exit",
                 "connect4",
                 "connect6",
+                "sendmsg4",
+                "sendmsg6",
+                "sock_create",
             ]
             .iter()
             .any(|n| l.contains(&format!("name {n} ")))

@@ -149,13 +149,14 @@ fn confine_and_wait(
     if compiled.allow_anonymous_exec {
         flags |= WORKLOAD_ANON_EXEC;
     }
-    let config = Workload {
+    let mut config = Workload {
         flags,
         exec_default: default,
         connect_default: default,
-        _pad: [0; 2],
         slot,
+        ..Workload::default()
     };
+    crate::kernel::net::set_raw(&mut config, compiled);
     enforcer.install(cgroup.id(), config, &entries)?;
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
@@ -220,10 +221,14 @@ fn confine_and_wait(
     let renew_every = (issuer.ttl() / 2).max(Duration::from_secs(1));
     let mut next_renewal = Instant::now() + renew_every;
 
+    // The sock_create hook cannot see packet sockets (see net::drop_net_raw); without the
+    // capability they need, the command cannot open them either. Observe mode refuses nothing.
+    let drop_raw = !observe && config.raw_effect != EFFECT_PERMIT;
     let child = spawn_in_cgroup(
         &args.command,
         cgroup,
         tasks_fd.as_ref().map(|m| (m.raw_fd(), cgroup.id())),
+        drop_raw,
     )?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
@@ -351,7 +356,7 @@ impl Reporter<'_> {
                 .get(&(*dev, *ino))
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| path.clone()),
-            Operation::Connect(addr) => addr.to_string(),
+            other => other.object(),
         };
         if !decided.permitted || self.verbose {
             let mut line = decided.report_line(|_| rule.clone());
@@ -369,10 +374,7 @@ impl Reporter<'_> {
         } else {
             (Effect::Refuse, decided.code.unwrap_or(Code::NoMatchingRule))
         };
-        let action = match decided.operation {
-            Operation::Exec { .. } => "exec",
-            Operation::Connect(_) => "connect",
-        };
+        let action = decided.operation.action();
         self.audit
             .append(RecordFields {
                 workload: self.workload.clone(),
@@ -423,11 +425,13 @@ fn install_stop_handlers() -> Result<()> {
 }
 
 /// Starts `command` as a child that joins `cgroup` before it execs; with `tasks` (the task
-/// table's fd and the workload id) it also enters itself there, so its first exec is asked.
+/// table's fd and the workload id) it also enters itself there, so its first exec is asked;
+/// without `CAP_NET_RAW` if `drop_raw`.
 fn spawn_in_cgroup(
     command: &[OsString],
     cgroup: &Cgroup,
     tasks: Option<(RawFd, u64)>,
+    drop_raw: bool,
 ) -> Result<u32> {
     let (program, rest) = command.split_first().context("no command given after --")?;
     let procs_path = cgroup.path().join("cgroup.procs");
@@ -439,7 +443,7 @@ fn spawn_in_cgroup(
     let mut cmd = Command::new(program);
     cmd.args(rest);
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
-    // (write(2) on an fd opened before the fork); it allocates nothing.
+    // (write(2) on an fd opened before the fork, prctl and capset); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Writing "0" moves the writing process itself.
@@ -462,6 +466,9 @@ fn spawn_in_cgroup(
                 if rc != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if drop_raw {
+                crate::kernel::net::drop_net_raw()?;
             }
             Ok(())
         });

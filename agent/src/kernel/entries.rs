@@ -107,9 +107,11 @@ pub fn build(engine: &Engine, compiled: &Compiled, slot: u64) -> Result<KernelEn
             host
         ));
     }
-    if !compiled.unix.is_empty() || compiled.raw.is_some() {
+    // A refusing default covers unix connects too, and they are not hooked: say so then as
+    // well, not only when the policy names a socket.
+    if !compiled.unix.is_empty() || compiled.default == Effect::Refuse {
         out.not_enforced
-            .push("unix-socket and raw-socket rules are not enforced by this version".to_owned());
+            .push(super::net::UNIX_NOT_ENFORCED.to_owned());
     }
     Ok(out)
 }

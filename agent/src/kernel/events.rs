@@ -2,6 +2,7 @@
 
 use bridle_common::{
     Event, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED,
+    EVENT_RAW_SOCKET, EVENT_SENDMSG4, EVENT_SENDMSG6,
 };
 use bridle_engine::Code;
 use std::{
@@ -24,6 +25,36 @@ pub enum Operation {
     },
     /// A connect to an address.
     Connect(SocketAddr),
+    /// A UDP datagram sent to an address without a connect.
+    Send(SocketAddr),
+    /// The creation of a raw or packet socket.
+    RawSocket {
+        /// Address family (`AF_*`).
+        family: u16,
+        /// Socket type (`SOCK_*`).
+        kind: u16,
+    },
+}
+
+impl Operation {
+    /// The action's name in audit records: `exec`, `connect`, `sendto` or `socket`.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Operation::Exec { .. } => "exec",
+            Operation::Connect(_) => "connect",
+            Operation::Send(_) => "sendto",
+            Operation::RawSocket { .. } => "socket",
+        }
+    }
+
+    /// The object without the action word (the Display form is `ACTION OBJECT`).
+    pub fn object(&self) -> String {
+        let shown = self.to_string();
+        shown
+            .split_once(' ')
+            .map(|(_, object)| object.to_owned())
+            .unwrap_or(shown)
+    }
 }
 
 impl fmt::Display for Operation {
@@ -31,6 +62,23 @@ impl fmt::Display for Operation {
         match self {
             Operation::Exec { path, .. } => write!(f, "exec {path}"),
             Operation::Connect(addr) => write!(f, "connect {addr}"),
+            Operation::Send(addr) => write!(f, "sendto {addr}"),
+            Operation::RawSocket { family, kind } => {
+                let family = match i32::from(*family) {
+                    libc::AF_INET => "AF_INET".to_owned(),
+                    libc::AF_INET6 => "AF_INET6".to_owned(),
+                    libc::AF_PACKET => "AF_PACKET".to_owned(),
+                    other => format!("family {other}"),
+                };
+                let kind = match i32::from(*kind) {
+                    libc::SOCK_RAW => "SOCK_RAW".to_owned(),
+                    libc::SOCK_DGRAM => "SOCK_DGRAM".to_owned(),
+                    // SOCK_PACKET (deprecated in libc, still accepted by the kernel).
+                    10 => "SOCK_PACKET".to_owned(),
+                    other => format!("type {other}"),
+                };
+                write!(f, "socket {family} {kind} (raw)")
+            }
         }
     }
 }
@@ -77,14 +125,14 @@ impl Decided {
                 dev: ev.dev,
                 ino: ev.ino,
             },
-            EVENT_CONNECT4 => {
-                let ip = Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]);
-                Operation::Connect(SocketAddr::new(IpAddr::V4(ip), ev.port))
-            }
-            EVENT_CONNECT6 => Operation::Connect(SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::from(ev.addr)),
-                ev.port,
-            )),
+            EVENT_CONNECT4 => Operation::Connect(v4(&ev)),
+            EVENT_CONNECT6 => Operation::Connect(v6(&ev)),
+            EVENT_SENDMSG4 => Operation::Send(v4(&ev)),
+            EVENT_SENDMSG6 => Operation::Send(v6(&ev)),
+            EVENT_RAW_SOCKET => Operation::RawSocket {
+                family: u16::from_ne_bytes([ev.addr[0], ev.addr[1]]),
+                kind: ev.port,
+            },
             _ => return None,
         };
         Some(Decided {
@@ -121,6 +169,15 @@ impl Decided {
             format!("bridle: refused {} ({code}{rule})", self.operation)
         }
     }
+}
+
+fn v4(ev: &Event) -> SocketAddr {
+    let ip = Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]);
+    SocketAddr::new(IpAddr::V4(ip), ev.port)
+}
+
+fn v6(ev: &Event) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ev.addr)), ev.port)
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -196,6 +253,26 @@ mod tests {
         assert_eq!(
             d.operation,
             Operation::Connect("[::1]:443".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn decodes_sends_and_raw_sockets() {
+        let mut ev = event(EVENT_SENDMSG4);
+        ev.addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        ev.port = 53;
+        let d = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(
+            d.report_line(|_| None),
+            "bridle: refused sendto 127.0.0.2:53 (NO_MATCHING_RULE)"
+        );
+        let mut ev = event(EVENT_RAW_SOCKET);
+        ev.addr[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        ev.port = libc::SOCK_RAW as u16;
+        let d = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(
+            d.report_line(|_| None),
+            "bridle: refused socket AF_INET SOCK_RAW (raw) (NO_MATCHING_RULE)"
         );
     }
 

@@ -6,6 +6,7 @@
 
 pub mod entries;
 pub mod events;
+pub mod net;
 pub mod tier;
 
 use anyhow::{anyhow, Context, Result};
@@ -61,6 +62,7 @@ impl Enforcer {
             prog.load()
                 .with_context(|| format!("loading the {name} cgroup program"))?;
         }
+        net::load(&mut ebpf)?;
         Ok(Enforcer { ebpf })
     }
 
@@ -75,6 +77,7 @@ impl Enforcer {
             prog.attach(&dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
         }
+        net::attach(&mut self.ebpf, &dir, cgroup)?;
         Ok(())
     }
 

@@ -55,8 +55,16 @@ pub struct Workload {
     pub exec_default: u8,
     /// The effect for a connect that no entry covers.
     pub connect_default: u8,
+    /// The effect for creating a raw or packet socket. Unlike the other defaults this is
+    /// `EFFECT_REFUSE` unless a rule names `raw`: the design refuses such sockets whatever
+    /// the policy's default, because they bypass every address rule.
+    pub raw_effect: u8,
+    /// The verdict code of `raw_effect`.
+    pub raw_code: u8,
+    /// Index of the rule that decided `raw_effect` (`u32::MAX`: none).
+    pub raw_rule: u32,
     /// Padding; always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u32,
     /// The policy slot whose entries decide for this workload.
     pub slot: u64,
 }
@@ -158,6 +166,13 @@ pub const EVENT_EXEC: u8 = 1;
 pub const EVENT_CONNECT4: u8 = 2;
 /// Event kind: an IPv6 connect.
 pub const EVENT_CONNECT6: u8 = 3;
+/// Event kind: an IPv4 UDP datagram sent to an address given with the send (no connect).
+pub const EVENT_SENDMSG4: u8 = 4;
+/// Event kind: an IPv6 UDP datagram sent to an address given with the send.
+pub const EVENT_SENDMSG6: u8 = 5;
+/// Event kind: a raw or packet socket being created; `port` carries the socket type and
+/// `addr[0..2]` the address family (native byte order).
+pub const EVENT_RAW_SOCKET: u8 = 6;
 
 /// Event flag: observe mode let through an operation that would have been refused.
 pub const EVENT_OBSERVED: u8 = 1;
@@ -168,7 +183,7 @@ pub const EVENT_KILLED: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
-    /// `EVENT_EXEC`, `EVENT_CONNECT4` or `EVENT_CONNECT6`.
+    /// `EVENT_*` kind.
     pub kind: u8,
     /// `EFFECT_PERMIT` or `EFFECT_REFUSE` (what the policy says, even in observe mode).
     pub effect: u8,
@@ -239,7 +254,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Workload>(), 16);
+        assert_eq!(size_of::<Workload>(), 24);
         assert_eq!(size_of::<Decision>(), 24);
         assert_eq!(size_of::<ExecKey>(), 24);
         assert_eq!(size_of::<Net4Key>(), 12);

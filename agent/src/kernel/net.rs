@@ -1,0 +1,178 @@
+//! The network hooks beyond connect4/connect6: UDP sendmsg and raw-socket creation, and what
+//! this build cannot hook (unix sockets).
+//!
+//! Kept apart from the loader in `mod.rs` so that each family of hooks is loaded, attached
+//! and described in one place.
+
+use anyhow::{Context, Result};
+use aya::{
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
+    Ebpf,
+};
+use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE};
+use bridle_engine::{Code, Compiled, Effect, RuleId};
+use std::{fs::File, path::Path};
+
+use super::program;
+
+/// The sock_addr programs judging UDP datagrams sent with a destination.
+const SENDMSG_PROGRAMS: [&str; 2] = ["sendmsg4", "sendmsg6"];
+/// The sock program judging socket creation.
+const SOCK_CREATE: &str = "sock_create";
+
+/// Why unix-socket rules are not enforced by this build. The kernel (6.7 and later) has
+/// `connect_unix` and `sendmsg_unix` cgroup hooks, but aya 0.14, the loader bridle is built
+/// with, knows neither attach type (its section parser and `CgroupSockAddrAttachType` stop at
+/// the inet ones), and pretending otherwise would claim enforcement bridle does not have.
+pub const UNIX_NOT_ENFORCED: &str = "unix-socket rules are not enforced: this build's eBPF loader (aya 0.14) cannot attach the kernel's connect_unix/sendmsg_unix hooks, so unix connects fall outside the policy";
+
+/// Loads the sendmsg and sock_create programs.
+pub(super) fn load(ebpf: &mut Ebpf) -> Result<()> {
+    for name in SENDMSG_PROGRAMS {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load()
+            .with_context(|| format!("loading the {name} cgroup program"))?;
+    }
+    let prog: &mut CgroupSock = program(ebpf, SOCK_CREATE)?;
+    prog.load()
+        .context("loading the sock_create cgroup program")?;
+    Ok(())
+}
+
+/// Attaches the sendmsg and sock_create programs at the cgroup open as `dir`.
+pub(super) fn attach(ebpf: &mut Ebpf, dir: &File, cgroup: &Path) -> Result<()> {
+    for name in SENDMSG_PROGRAMS {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        // See attach_cgroup: links coexist, so no attach flag is passed.
+        prog.attach(dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
+    }
+    let prog: &mut CgroupSock = program(ebpf, SOCK_CREATE)?;
+    prog.attach(dir, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching sock_create at {}", cgroup.display()))?;
+    Ok(())
+}
+
+/// Fills in the workload's raw-socket decision from the policy. Without a rule naming `raw`
+/// the answer is a refusal whatever the policy's default: a raw or packet socket sidesteps
+/// every address rule, so it must be asked for by name.
+pub fn set_raw(config: &mut Workload, compiled: &Compiled) {
+    match compiled.raw {
+        Some((effect, RuleId(rule))) => {
+            config.raw_effect = if effect == Effect::Permit {
+                EFFECT_PERMIT
+            } else {
+                EFFECT_REFUSE
+            };
+            config.raw_code = compiled
+                .rules
+                .get(rule as usize)
+                .map(|r| r.code)
+                .unwrap_or(Code::NoMatchingRule)
+                .index();
+            config.raw_rule = rule;
+        }
+        None => {
+            config.raw_effect = EFFECT_REFUSE;
+            config.raw_code = Code::NoMatchingRule.index();
+            config.raw_rule = u32::MAX;
+        }
+    }
+}
+
+/// `CAP_NET_RAW`: needed for raw IP sockets and every `AF_PACKET` socket.
+const CAP_NET_RAW: u32 = 13;
+const PR_CAPBSET_DROP: libc::c_int = 24;
+const PR_CAP_AMBIENT: libc::c_int = 47;
+const PR_CAP_AMBIENT_LOWER: libc::c_ulong = 3;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Removes `CAP_NET_RAW` from the calling process for good: from its bounding set (so no exec,
+/// setuid or file capability brings it back), its ambient, inheritable, permitted and effective
+/// sets. The kernel's `sock_create` cgroup hook runs only for IPv4 and IPv6 sockets, so it never
+/// sees an `AF_PACKET` socket; every packet socket needs `CAP_NET_RAW`, so a workload without
+/// it cannot open one (EPERM), which closes that gap for the processes `bridle run` starts.
+///
+/// Meant for the moment between fork and exec: it makes only raw system calls, which are
+/// async-signal-safe, and allocates nothing.
+pub fn drop_net_raw() -> std::io::Result<()> {
+    let bit = 1u32 << CAP_NET_RAW;
+    // SAFETY: prctl and the capget/capset system calls with valid, live arguments.
+    unsafe {
+        if libc::prctl(PR_CAPBSET_DROP, CAP_NET_RAW as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Fails with EINVAL only on kernels without ambient capabilities, which have none to
+        // lower.
+        let _ = libc::prctl(
+            PR_CAP_AMBIENT,
+            PR_CAP_AMBIENT_LOWER,
+            CAP_NET_RAW as libc::c_ulong,
+            0,
+            0,
+        );
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        data[0].effective &= !bit;
+        data[0].permitted &= !bit;
+        data[0].inheritable &= !bit;
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bridle_engine::{compile, Policy};
+
+    fn compiled(text: &str) -> Compiled {
+        compile(&Policy::parse(text, "t.toml").expect("policy parses"))
+    }
+
+    #[test]
+    fn raw_is_refused_without_a_rule_even_under_a_permit_default() {
+        let mut w = Workload::default();
+        set_raw(&mut w, &compiled("name = \"t\"\ndefault = \"permit\"\n"));
+        assert_eq!(w.raw_effect, EFFECT_REFUSE);
+        assert_eq!(w.raw_rule, u32::MAX);
+    }
+
+    #[test]
+    fn a_raw_rule_decides() {
+        let mut w = Workload::default();
+        let c = compiled(
+            "name = \"t\"\n[[rule]]\nname = \"ping\"\neffect = \"permit\"\nconnect = [\"raw\"]\n",
+        );
+        set_raw(&mut w, &c);
+        assert_eq!(w.raw_effect, EFFECT_PERMIT);
+        assert_eq!(w.raw_code, Code::Permitted.index());
+        assert_eq!(c.rules[w.raw_rule as usize].name, "ping");
+    }
+}
