@@ -2,6 +2,7 @@
 
 mod cgroup;
 mod cli;
+mod daemon;
 mod fanotify;
 mod issuer;
 mod kernel;
@@ -35,6 +36,14 @@ struct Cli {
 enum Command {
     /// Run a command in a fresh confined cgroup (no daemon needed); returns its exit status.
     Run(cli::run::RunArgs),
+    /// Confine the cgroups the configuration names, persistently (run it under systemd).
+    Daemon(daemon::DaemonArgs),
+    /// Ask the daemon what it enforces: tiers, workloads, policies, counters, last reload.
+    Status(cli::ctl::StatusArgs),
+    /// Ask the daemon to re-read its configuration and policies (all or nothing).
+    Reload(cli::ctl::SocketArgs),
+    /// Remove every pinned program, map and link: ends enforcement on purpose.
+    Unload(cli::ctl::UnloadArgs),
     /// Work with policy files.
     Policy {
         #[command(subcommand)]
@@ -65,6 +74,10 @@ fn main() -> ExitCode {
     };
     let (result, failed) = match cli.command {
         Command::Run(args) => (cli::run::run(&global, args), RUN_FAILED),
+        Command::Daemon(args) => (daemon::run(args), cli::EXIT_FAILED),
+        Command::Status(args) => (cli::ctl::status(args), cli::EXIT_FAILED),
+        Command::Reload(args) => (cli::ctl::reload(args), cli::EXIT_FAILED),
+        Command::Unload(args) => (cli::ctl::unload(args), cli::EXIT_FAILED),
         Command::Policy { command } => (cli::policy::run(command), USAGE_FAILED),
         Command::Explain(args) => (cli::explain::run(args), USAGE_FAILED),
         Command::Keys(args) => (cli::keys::run(&global, args), cli::EXIT_FAILED),

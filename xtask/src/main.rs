@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod install;
 mod setup;
 
 use anyhow::{bail, Context, Result};
@@ -38,6 +39,12 @@ enum Task {
     Demo,
     /// fmt --check, clippy -D warnings, unit tests, then the root integration tests.
     Test,
+    /// Install the binary, the systemd unit, a default configuration and the policies.
+    Install {
+        /// Install under this directory instead of the running system.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Measure what bridle costs a workload against the bare kernel; writes target/bench/.
     Bench,
 }
@@ -49,6 +56,7 @@ fn main() {
         Task::Build => build().map(|_| ()),
         Task::Run { args } => build().and_then(|bin| run_bridle(&bin, &args)),
         Task::Demo => build().and_then(|bin| demo::run(&bin)),
+        Task::Install { root } => build().and_then(|bin| install::run(&bin, &root)),
         Task::Test => test(),
         Task::Bench => build().and_then(|bin| bench::run(&bin)),
     };

@@ -1,6 +1,7 @@
 //! The subcommands, one module each; each exposes `run(…) -> anyhow::Result<ExitCode>`.
 
 pub mod audit;
+pub mod ctl;
 pub mod explain;
 pub mod keys;
 pub mod permits;

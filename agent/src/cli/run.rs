@@ -11,7 +11,7 @@ use crate::{
     issuer::Issuer,
     kernel::{
         entries,
-        events::{Decided, Operation},
+        events::Decided,
         tier::{self, ExecTier},
         Enforcer,
     },
@@ -233,12 +233,22 @@ fn confine_and_wait(
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
         wait_readable(events.as_raw_fd(), Duration::from_millis(50));
+        let mut recorded = false;
         while let Some(item) = events.next() {
             reporter.handle(&item)?;
+            recorded = true;
         }
         while let Ok(decision) = decisions.try_recv() {
             reporter.handle_ask(decision)?;
+            recorded = true;
         }
+        if recorded {
+            reporter.audit.flush().context("flushing the audit trail")?;
+        }
+        reporter
+            .audit
+            .tick()
+            .context("checkpointing the audit trail")?;
         if Instant::now() >= next_renewal {
             issuer.renew()?;
             let mut renewed = entries::build(engine, compiled, slot)?;
@@ -344,50 +354,12 @@ impl Reporter<'_> {
         let Some(decided) = Decided::decode(record) else {
             return Ok(());
         };
-        let rule = self
-            .compiled
-            .rules
-            .get(decided.rule as usize)
-            .map(|r| r.name.clone());
-        let object = match &decided.operation {
-            Operation::Exec { path, dev, ino } => self
-                .entries
-                .exec_paths
-                .get(&(*dev, *ino))
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| path.clone()),
-            other => other.object(),
-        };
+        let described = decided.describe(self.compiled, self.entries, &self.workload);
         if !decided.permitted || self.verbose {
-            let mut line = decided.report_line(|_| rule.clone());
-            if let Operation::Exec { path, .. } = &decided.operation {
-                if &object != path {
-                    line.push_str(&format!(" [file {object}]"));
-                }
-            }
-            eprintln!("{line}");
+            eprintln!("{}", described.line);
         }
-        let (effect, code) = if decided.observed {
-            (Effect::Permit, Code::Observed)
-        } else if decided.permitted {
-            (Effect::Permit, decided.code.unwrap_or(Code::Permitted))
-        } else {
-            (Effect::Refuse, decided.code.unwrap_or(Code::NoMatchingRule))
-        };
-        let action = decided.operation.action();
         self.audit
-            .append(RecordFields {
-                workload: self.workload.clone(),
-                pid: decided.tgid,
-                uid: decided.uid,
-                comm: decided.comm.clone(),
-                action: action.to_owned(),
-                object,
-                effect,
-                code,
-                rule,
-                permit_id: (decided.permit_id != 0).then_some(decided.permit_id),
-            })
+            .append(described.record)
             .context("appending to the audit trail")?;
         Ok(())
     }

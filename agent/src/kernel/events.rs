@@ -180,6 +180,64 @@ fn v6(ev: &Event) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ev.addr)), ev.port)
 }
 
+/// A decision as the operator reads it and as the audit trail records it.
+pub struct Described {
+    /// The one-line report (`bridle: refused exec …`).
+    pub line: String,
+    /// The audit record's fields.
+    pub record: bridle_trust::audit::RecordFields,
+}
+
+impl Decided {
+    /// Names the rule and the resolved file from the workload's compiled policy and entries.
+    pub fn describe(
+        &self,
+        compiled: &bridle_engine::Compiled,
+        entries: &super::entries::KernelEntries,
+        workload: &str,
+    ) -> Described {
+        use bridle_engine::Effect;
+        let rule = compiled
+            .rules
+            .get(self.rule as usize)
+            .map(|r| r.name.clone());
+        let object = match &self.operation {
+            Operation::Exec { path, dev, ino } => entries
+                .exec_paths
+                .get(&(*dev, *ino))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| path.clone()),
+            other => other.object(),
+        };
+        let mut line = self.report_line(|_| rule.clone());
+        if let Operation::Exec { path, .. } = &self.operation {
+            if &object != path {
+                line.push_str(&format!(" [file {object}]"));
+            }
+        }
+        let (effect, code) = if self.observed {
+            (Effect::Permit, Code::Observed)
+        } else if self.permitted {
+            (Effect::Permit, self.code.unwrap_or(Code::Permitted))
+        } else {
+            (Effect::Refuse, self.code.unwrap_or(Code::NoMatchingRule))
+        };
+        let record = bridle_trust::audit::RecordFields {
+            workload: workload.to_owned(),
+            pid: self.tgid,
+            uid: self.uid,
+            comm: self.comm.clone(),
+            action: self.operation.action().to_owned(),
+            object,
+            effect,
+            code,
+            rule,
+            permit_id: (self.permit_id != 0).then_some(self.permit_id),
+        };
+        Described { line, record }
+    }
+}
+
 fn c_string(bytes: &[u8]) -> String {
     CStr::from_bytes_until_nul(bytes)
         .map(|c| c.to_string_lossy().into_owned())

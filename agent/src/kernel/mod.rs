@@ -7,18 +7,22 @@
 pub mod entries;
 pub mod events;
 pub mod net;
+pub mod pins;
 pub mod tier;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    programs::{
+        cgroup_sock_addr::CgroupSockAddrLinkId, raw_trace_point::RawTracePointLinkId,
+        CgroupAttachMode, CgroupSockAddr, Program, RawTracePoint,
+    },
     Ebpf,
 };
 use bridle_common::{
     Decision, ExecKey, Net4Key, Net6Key, PortRules, Workload, NET_KEY_SLOT_BITS, STAT_COUNT,
 };
-use std::{fs::File, path::Path};
+use std::{collections::BTreeMap, fs::File, path::Path};
 
 use entries::KernelEntries;
 
@@ -28,9 +32,75 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/br
 /// The exec hook's tracepoint.
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
-/// bridle's loaded programs and maps. Dropping it detaches and unloads everything it loaded.
+/// Every map of the object, by name.
+pub const MAP_NAMES: [&str; 7] = [
+    "WORKLOADS",
+    "EXEC_RULES",
+    "NET4_RULES",
+    "NET6_RULES",
+    "EVENTS",
+    "STATS",
+    "TASKS",
+];
+
+/// bridle's programs and maps. Dropping it detaches and unloads everything it loaded and did
+/// not pin.
 pub struct Enforcer {
-    ebpf: Ebpf,
+    objects: Objects,
+    /// The exec hook's link, while this process owns it (until it is pinned).
+    exec_link: Option<RawTracePointLinkId>,
+}
+
+/// Where programs and maps come from: this process's own load, or the pins a previous daemon
+/// left under bpffs (then `ebpf` is `None`).
+pub struct Objects {
+    ebpf: Option<Ebpf>,
+    maps: BTreeMap<String, Map>,
+    programs: BTreeMap<String, Program>,
+}
+
+/// Something that holds programs by name.
+pub(crate) trait Programs {
+    /// The program called `name`, if there is one.
+    fn program_mut(&mut self, name: &str) -> Option<&mut Program>;
+}
+
+impl Programs for Ebpf {
+    fn program_mut(&mut self, name: &str) -> Option<&mut Program> {
+        Ebpf::program_mut(self, name)
+    }
+}
+
+impl Programs for Objects {
+    fn program_mut(&mut self, name: &str) -> Option<&mut Program> {
+        match &mut self.ebpf {
+            Some(ebpf) => ebpf.program_mut(name),
+            None => self.programs.get_mut(name),
+        }
+    }
+}
+
+impl Objects {
+    fn map_mut(&mut self, name: &str) -> Option<&mut Map> {
+        match &mut self.ebpf {
+            Some(ebpf) => ebpf.map_mut(name),
+            None => self.maps.get_mut(name),
+        }
+    }
+
+    fn map(&self, name: &str) -> Option<&Map> {
+        match &self.ebpf {
+            Some(ebpf) => ebpf.map(name),
+            None => self.maps.get(name),
+        }
+    }
+
+    fn take_map(&mut self, name: &str) -> Option<Map> {
+        match &mut self.ebpf {
+            Some(ebpf) => ebpf.take_map(name),
+            None => self.maps.remove(name),
+        }
+    }
 }
 
 /// Counters the programs keep (summed over CPUs).
@@ -55,7 +125,8 @@ impl Enforcer {
         exec.load().context(
             "loading the exec hook (raw tracepoint sched_process_exec): the kernel refused it",
         )?;
-        exec.attach(EXEC_TRACEPOINT)
+        let exec_link = exec
+            .attach(EXEC_TRACEPOINT)
             .with_context(|| format!("attaching the exec hook to {EXEC_TRACEPOINT}"))?;
         for name in ["connect4", "connect6"] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
@@ -63,22 +134,33 @@ impl Enforcer {
                 .with_context(|| format!("loading the {name} cgroup program"))?;
         }
         net::load(&mut ebpf)?;
-        Ok(Enforcer { ebpf })
+        Ok(Enforcer {
+            objects: Objects {
+                ebpf: Some(ebpf),
+                maps: BTreeMap::new(),
+                programs: BTreeMap::new(),
+            },
+            exec_link: Some(exec_link),
+        })
     }
 
-    /// Attaches the socket programs at `cgroup`, covering it and every descendant.
-    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+    /// Attaches the socket programs at `cgroup`, covering it and every descendant. The links
+    /// live as long as this `Enforcer`, unless [`pins`] pins them.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<Vec<CgroupLink>> {
         let dir = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        let mut links = Vec::new();
         for name in ["connect4", "connect6"] {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let prog: &mut CgroupSockAddr = program(&mut self.objects, name)?;
             // aya attaches through a bpf_link, which always coexists with other links at the
             // same cgroup and its ancestors (a daemon's programs and a nested `bridle run`);
             // the kernel rejects any attach flag on a cgroup link, so none is passed.
-            prog.attach(&dir, CgroupAttachMode::Single)
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
+            links.push(CgroupLink::SockAddr(name, id));
         }
-        net::attach(&mut self.ebpf, &dir, cgroup)?;
-        Ok(())
+        links.extend(net::attach(&mut self.objects, &dir, cgroup)?);
+        Ok(links)
     }
 
     /// Writes a policy slot's entries, then points the workload at that slot (`config.slot`).
@@ -92,7 +174,7 @@ impl Enforcer {
     ) -> Result<()> {
         {
             let mut exec: HashMap<&mut MapData, ExecKey, Decision> =
-                map(&mut self.ebpf, "EXEC_RULES")?;
+                map(&mut self.objects, "EXEC_RULES")?;
             for (key, decision) in &entries.exec {
                 exec.insert(key, decision, 0)
                     .with_context(|| format!("writing exec entry {key:?}"))?;
@@ -100,7 +182,7 @@ impl Enforcer {
         }
         {
             let mut net4: LpmTrie<&mut MapData, Net4Key, PortRules> =
-                map(&mut self.ebpf, "NET4_RULES")?;
+                map(&mut self.objects, "NET4_RULES")?;
             for (prefix, addr, rules) in &entries.net4 {
                 let key = Key::new(
                     NET_KEY_SLOT_BITS + u32::from(*prefix),
@@ -115,7 +197,7 @@ impl Enforcer {
         }
         {
             let mut net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
-                map(&mut self.ebpf, "NET6_RULES")?;
+                map(&mut self.objects, "NET6_RULES")?;
             for (prefix, addr, rules) in &entries.net6 {
                 let key = Key::new(
                     NET_KEY_SLOT_BITS + u32::from(*prefix),
@@ -128,17 +210,75 @@ impl Enforcer {
                     .with_context(|| format!("writing IPv6 entry {addr:?}/{prefix}"))?;
             }
         }
-        let mut workloads: HashMap<&mut MapData, u64, Workload> = map(&mut self.ebpf, "WORKLOADS")?;
+        let mut workloads: HashMap<&mut MapData, u64, Workload> =
+            map(&mut self.objects, "WORKLOADS")?;
         workloads
             .insert(workload, config, 0)
             .context("writing the workload entry")?;
         Ok(())
     }
 
+    /// Deletes every entry whose policy slot is not in `active`: the slots a reload replaced,
+    /// and those of workloads released or gone. Returns how many entries went.
+    pub fn collect_slots(&mut self, active: &std::collections::HashSet<u64>) -> Result<usize> {
+        let mut removed = 0;
+        {
+            let mut exec: HashMap<&mut MapData, ExecKey, Decision> =
+                map(&mut self.objects, "EXEC_RULES")?;
+            let stale: Vec<ExecKey> = exec
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !active.contains(&k.slot))
+                .collect();
+            for key in stale {
+                if exec.remove(&key).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        {
+            let mut net4: LpmTrie<&mut MapData, Net4Key, PortRules> =
+                map(&mut self.objects, "NET4_RULES")?;
+            let stale: Vec<Key<Net4Key>> = net4
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !active.contains(&u64::from_ne_bytes(k.data().slot)))
+                .collect();
+            for key in stale {
+                if net4.remove(&key).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        let mut net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
+            map(&mut self.objects, "NET6_RULES")?;
+        let stale: Vec<Key<Net6Key>> = net6
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !active.contains(&u64::from_ne_bytes(k.data().slot)))
+            .collect();
+        for key in stale {
+            if net6.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Stops judging a workload: its entry goes, so the programs ignore its tasks.
+    pub fn forget_workload(&mut self, workload: u64) -> Result<()> {
+        let mut workloads: HashMap<&mut MapData, u64, Workload> =
+            map(&mut self.objects, "WORKLOADS")?;
+        match workloads.remove(&workload) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(err).context("removing the workload entry"),
+        }
+    }
+
     /// Takes the event ring buffer (once).
     pub fn take_events(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
         let map = self
-            .ebpf
+            .objects
             .take_map("EVENTS")
             .ok_or_else(|| anyhow!("the EVENTS map was already taken"))?;
         RingBuf::try_from(map).context("opening the EVENTS ring buffer")
@@ -146,7 +286,7 @@ impl Enforcer {
 
     /// Reads the counters.
     pub fn stats(&mut self) -> Result<Stats> {
-        let stats: PerCpuArray<&mut MapData, u64> = map(&mut self.ebpf, "STATS")?;
+        let stats: PerCpuArray<&mut MapData, u64> = map(&mut self.objects, "STATS")?;
         let mut sums = [0u64; STAT_COUNT as usize];
         for (i, sum) in sums.iter_mut().enumerate() {
             let values = stats
@@ -162,21 +302,33 @@ impl Enforcer {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+/// A cgroup link this process attached, to pin or to let go with the `Enforcer`.
+#[derive(Debug)]
+pub enum CgroupLink {
+    /// A sock_addr program's link.
+    SockAddr(&'static str, CgroupSockAddrLinkId),
+    /// A sock program's link.
+    Sock(&'static str, aya::programs::cgroup_sock::CgroupSockLinkId),
+}
+
+fn program<'a, T, S>(source: &'a mut S, name: &str) -> Result<&'a mut T>
 where
+    S: Programs + ?Sized,
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    ebpf.program_mut(name)
+    source
+        .program_mut(name)
         .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
-fn map<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T>
+fn map<'a, T>(objects: &'a mut Objects, name: &str) -> Result<T>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
-    ebpf.map_mut(name)
+    objects
+        .map_mut(name)
         .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?
         .try_into()
         .with_context(|| format!("map {name} has an unexpected type"))

@@ -13,12 +13,12 @@ use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE};
 use bridle_engine::{Code, Compiled, Effect, RuleId};
 use std::{fs::File, path::Path};
 
-use super::program;
+use super::{program, CgroupLink, Programs};
 
 /// The sock_addr programs judging UDP datagrams sent with a destination.
-const SENDMSG_PROGRAMS: [&str; 2] = ["sendmsg4", "sendmsg6"];
+pub(super) const SENDMSG_PROGRAMS: [&str; 2] = ["sendmsg4", "sendmsg6"];
 /// The sock program judging socket creation.
-const SOCK_CREATE: &str = "sock_create";
+pub(super) const SOCK_CREATE: &str = "sock_create";
 
 /// Why unix-socket rules are not enforced by this build. The kernel (6.7 and later) has
 /// `connect_unix` and `sendmsg_unix` cgroup hooks, but aya 0.14, the loader bridle is built
@@ -40,17 +40,26 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 /// Attaches the sendmsg and sock_create programs at the cgroup open as `dir`.
-pub(super) fn attach(ebpf: &mut Ebpf, dir: &File, cgroup: &Path) -> Result<()> {
+pub(super) fn attach(
+    source: &mut impl Programs,
+    dir: &File,
+    cgroup: &Path,
+) -> Result<Vec<CgroupLink>> {
+    let mut links = Vec::new();
     for name in SENDMSG_PROGRAMS {
-        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        let prog: &mut CgroupSockAddr = program(source, name)?;
         // See attach_cgroup: links coexist, so no attach flag is passed.
-        prog.attach(dir, CgroupAttachMode::Single)
+        let id = prog
+            .attach(dir, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
+        links.push(CgroupLink::SockAddr(name, id));
     }
-    let prog: &mut CgroupSock = program(ebpf, SOCK_CREATE)?;
-    prog.attach(dir, CgroupAttachMode::Single)
+    let prog: &mut CgroupSock = program(source, SOCK_CREATE)?;
+    let id = prog
+        .attach(dir, CgroupAttachMode::Single)
         .with_context(|| format!("attaching sock_create at {}", cgroup.display()))?;
-    Ok(())
+    links.push(CgroupLink::Sock(SOCK_CREATE, id));
+    Ok(links)
 }
 
 /// Fills in the workload's raw-socket decision from the policy. Without a rule naming `raw`

@@ -177,7 +177,7 @@ impl Enforcer {
             ExecTier::Kill => Ok(()),
             ExecTier::Lsm => {
                 let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
-                let prog: &mut Lsm = program(&mut self.ebpf, "exec_lsm")?;
+                let prog: &mut Lsm = program(&mut self.objects, "exec_lsm")?;
                 prog.load("bprm_check_security", &btf)
                     .context("loading the BPF LSM exec hook")?;
                 prog.attach().context("attaching the BPF LSM exec hook")?;
@@ -188,7 +188,7 @@ impl Enforcer {
                     ("task_fork", "sched_process_fork"),
                     ("task_exit", "sched_process_exit"),
                 ] {
-                    let prog: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+                    let prog: &mut RawTracePoint = program(&mut self.objects, name)?;
                     prog.load()
                         .with_context(|| format!("loading the {name} task tracker"))?;
                     prog.attach(tracepoint)
@@ -202,7 +202,7 @@ impl Enforcer {
     /// A second descriptor of one of the object's hash maps, for a thread of its own.
     pub fn map_fd(&self, name: &str) -> Result<OwnedFd> {
         let map = self
-            .ebpf
+            .objects
             .map(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
         let data: &MapData = match map {

@@ -1,0 +1,200 @@
+//! The control socket: JSON lines over a unix socket that only root may use.
+//!
+//! The socket file is created 0600 in a 0700 directory, and every connection's peer
+//! credentials are checked as well, so a non-root client is refused by the kernel at connect
+//! time and, should the file modes ever be loosened, by the daemon before it reads a byte.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::{
+        fs::PermissionsExt,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/bridle/bridle.sock";
+
+/// How long the daemon's main loop may take to answer one request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a client asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Tiers, workloads, policies, counters, the last reload.
+    Status,
+    /// Re-read the configuration and every policy; all or nothing.
+    Reload,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the request did what it asked.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The answer's content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+impl Reply {
+    /// A successful answer.
+    pub fn ok(body: serde_json::Value) -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            body: Some(body),
+        }
+    }
+
+    /// A refusal or failure.
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(message.into()),
+            body: None,
+        }
+    }
+}
+
+/// A request with the channel its answer goes back on.
+pub type Asked = (Request, mpsc::Sender<Reply>);
+
+/// The listening side; dropping it stops the listener and removes the socket file.
+pub struct Server {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `path` (root only) and hands each request to `to_daemon`.
+    pub fn start(path: &Path, to_daemon: mpsc::Sender<Asked>) -> Result<Server> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {}", dir.display()))?;
+        }
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "another bridle daemon is answering on {}; stop it first",
+                path.display()
+            );
+        }
+        let _ = fs::remove_file(path);
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+        listener
+            .set_nonblocking(true)
+            .context("making the control socket non-blocking")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("bridle-control".into())
+                .spawn(move || serve(listener, to_daemon, stop))
+                .context("starting the control socket thread")?
+        };
+        Ok(Server {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: UnixListener, to_daemon: mpsc::Sender<Asked>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = handle(stream, &to_daemon);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn handle(mut stream: UnixStream, to_daemon: &mpsc::Sender<Asked>) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let creds = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .context("reading the peer's credentials")?;
+    let reply = if creds.uid() != 0 {
+        Reply::error(format!(
+            "permission denied: the control socket serves root only (peer uid {})",
+            creds.uid()
+        ))
+    } else {
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        match serde_json::from_str::<Request>(&line) {
+            Err(err) => Reply::error(format!("bad request: {err}")),
+            Ok(request) => {
+                let (tx, rx) = mpsc::channel();
+                if to_daemon.send((request, tx)).is_err() {
+                    Reply::error("the daemon is stopping")
+                } else {
+                    rx.recv_timeout(ANSWER_TIMEOUT)
+                        .unwrap_or_else(|_| Reply::error("the daemon did not answer in time"))
+                }
+            }
+        }
+    };
+    let mut text = serde_json::to_string(&reply)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Sends one request to the daemon at `path` and waits for its answer.
+pub fn ask(path: &Path, request: &Request) -> Result<Reply> {
+    let mut stream = UnixStream::connect(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "permission denied on {}: the control socket serves root only",
+            path.display()
+        ),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "no bridle daemon is running (nothing answers on {})",
+            path.display()
+        ),
+        _ => anyhow::anyhow!("connecting to {}: {err}", path.display()),
+    })?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT + Duration::from_secs(5)))?;
+    let mut text = serde_json::to_string(request)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .context("reading the daemon's answer")?;
+    serde_json::from_str(&line).with_context(|| format!("the daemon answered {line:?}"))
+}

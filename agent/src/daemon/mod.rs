@@ -1,0 +1,679 @@
+//! `bridle daemon`: confines the cgroups the configuration names, for as long as the host runs.
+//!
+//! Everything the kernel needs is pinned under the pin directory before a workload is judged,
+//! so a daemon that restarts or dies leaves enforcement in place; a restarted daemon adopts the
+//! pins, installs each workload's policy under a fresh slot, switches the workload to it in one
+//! map update and only then deletes the old slot's entries. Reloads go the same way, all or
+//! nothing: one policy with an error and every workload keeps the policy it had.
+
+pub mod config;
+pub mod control;
+
+use crate::{
+    cgroup,
+    issuer::Issuer,
+    kernel::{
+        entries::{self, KernelEntries},
+        events::Decided,
+        net, pins, Enforcer,
+    },
+};
+use anyhow::{bail, Context, Result};
+use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE};
+use bridle_engine::{compile, Compiled, Effect, Engine, Invariants, Mode, Policy};
+use bridle_trust::{
+    audit::{AuditConfig, AuditWriter},
+    Subject, SystemClock,
+};
+use clap::{Args, ValueEnum};
+use config::Config;
+use control::{Reply, Request};
+use serde_json::json;
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicI32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+use tracing::{error, info, warn};
+
+/// Arguments of `bridle daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The configuration file.
+    #[arg(long, default_value = "/etc/bridle/bridle.toml")]
+    pub config: PathBuf,
+    /// Where programs, maps and links are pinned.
+    #[arg(long, default_value = pins::DEFAULT_DIR)]
+    pub pin_dir: PathBuf,
+    /// The control socket.
+    #[arg(long, default_value = control::DEFAULT_SOCKET, env = "BRIDLE_SOCKET")]
+    pub socket: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the daemon writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines (under systemd they go to the journal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The signal that asked for something (0: none).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+/// One confined workload.
+struct Confined {
+    path: PathBuf,
+    relative: String,
+    /// The `[[confine]]` glob that matched.
+    glob: String,
+    policy_name: String,
+    policy_file: PathBuf,
+    mode: Option<Mode>,
+    compiled: Compiled,
+    entries: KernelEntries,
+    config: Workload,
+    issuer: Issuer,
+    policy_digest: String,
+    next_renewal: Instant,
+}
+
+/// How the last reload went.
+#[derive(Debug, Clone)]
+enum LastReload {
+    Never,
+    Applied(SystemTime),
+    Rejected(SystemTime, String),
+}
+
+struct Daemon {
+    config: Config,
+    config_file: PathBuf,
+    pin_dir: PathBuf,
+    enforcer: Enforcer,
+    invariants: Vec<bridle_engine::Rule>,
+    workloads: BTreeMap<u64, Confined>,
+    audit: AuditWriter,
+    last_reload: LastReload,
+    started: SystemTime,
+    adopted: bool,
+}
+
+/// Runs `bridle daemon` until SIGTERM or SIGINT; enforcement stays pinned afterwards.
+pub fn run(args: DaemonArgs) -> Result<ExitCode> {
+    init_logging(args.log_format);
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bridle daemon needs root: it loads eBPF programs and confines cgroups");
+    }
+    let config = Config::load(&args.config)?;
+    let invariants = load_invariants(&config)?;
+    pins::ensure_bpffs(&args.pin_dir)?;
+    let (mut enforcer, adopted) = match Enforcer::adopt(&args.pin_dir)? {
+        Some(e) => (e, true),
+        None => {
+            let mut e = Enforcer::load()?;
+            e.pin(&args.pin_dir)?;
+            (e, false)
+        }
+    };
+    info!(
+        pin_dir = %args.pin_dir.display(),
+        adopted,
+        "kernel programs {}",
+        if adopted { "adopted from pins: enforcement never stopped" } else { "loaded and pinned" }
+    );
+    let mut events = enforcer.take_events()?;
+    let key = Issuer::open(&config.state_dir, Duration::from_secs(600))?.key();
+    let audit = AuditWriter::open(
+        &config.state_dir.join("audit"),
+        key,
+        Box::new(SystemClock),
+        AuditConfig::default(),
+    )
+    .with_context(|| {
+        format!(
+            "opening the audit trail under {}",
+            config.state_dir.display()
+        )
+    })?;
+    let mut daemon = Daemon {
+        config,
+        config_file: args.config.clone(),
+        pin_dir: args.pin_dir.clone(),
+        enforcer,
+        invariants,
+        workloads: BTreeMap::new(),
+        audit,
+        last_reload: LastReload::Never,
+        started: SystemTime::now(),
+        adopted,
+    };
+    install_signal_handlers()?;
+    let (requests_tx, requests) = mpsc::channel();
+    let server = control::Server::start(&args.socket, requests_tx)?;
+    daemon.reconcile();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    daemon.notify_status();
+    info!("enforcing: {} workload(s) confined", daemon.workloads.len());
+
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(every) = watchdog {
+        info!("systemd watchdog every {every:?}");
+    }
+    let watchdog_every = watchdog.map(|w| w / 2);
+    let mut next_ping = Instant::now();
+    let mut next_scan = Instant::now() + daemon.config.scan_interval;
+    loop {
+        wait_readable(events.as_raw_fd(), Duration::from_millis(50));
+        let mut recorded = false;
+        while let Some(item) = events.next() {
+            daemon.record(&item);
+            recorded = true;
+        }
+        // Each batch reaches the disk before the next wait: a daemon killed afterwards loses
+        // nothing it had drained (what it had not drained stays in the pinned ring buffer).
+        if recorded {
+            if let Err(err) = daemon.audit.flush() {
+                error!("flushing the audit trail: {err:#}");
+            }
+        }
+        if let Err(err) = daemon.audit.tick() {
+            error!("checkpointing the audit trail: {err:#}");
+        }
+        while let Ok((request, reply)) = requests.try_recv() {
+            let answer = daemon.answer(request);
+            let _ = reply.send(answer);
+        }
+        match SIGNAL.swap(0, Ordering::SeqCst) {
+            0 => {}
+            libc::SIGHUP => daemon.reload(),
+            signal => {
+                info!(
+                    signal,
+                    "stopping; enforcement stays pinned (bridle unload removes it)"
+                );
+                break;
+            }
+        }
+        let now = Instant::now();
+        if now >= next_scan {
+            daemon.reconcile();
+            next_scan = now + daemon.config.scan_interval;
+        }
+        daemon.renew_due(now);
+        if let Some(every) = watchdog_every {
+            if now >= next_ping {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                next_ping = now + every;
+            }
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(server);
+    daemon.audit.close().context("closing the audit trail")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BRIDLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn load_invariants(config: &Config) -> Result<Vec<bridle_engine::Rule>> {
+    match &config.invariants {
+        None => Ok(Vec::new()),
+        Some(path) => Ok(Invariants::load(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .rules),
+    }
+}
+
+fn install_signal_handlers() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }
+            .with_context(|| format!("installing a {signal} handler"))?;
+    }
+    Ok(())
+}
+
+fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+}
+
+/// A fresh, nonzero policy slot.
+fn new_slot() -> u64 {
+    let mut bytes = [0u8; 8];
+    loop {
+        if getrandom::fill(&mut bytes).is_ok() {
+            let slot = u64::from_ne_bytes(bytes);
+            if slot != 0 {
+                return slot;
+            }
+        }
+    }
+}
+
+/// A policy, compiled, ready to be installed for one workload.
+struct Prepared {
+    policy: Policy,
+    engine: Engine,
+    compiled: Compiled,
+}
+
+impl Daemon {
+    fn prepare(&self, file: &Path, mode: Option<Mode>) -> Result<Prepared> {
+        let mut policy = Policy::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(mode) = mode {
+            policy.mode = mode;
+        }
+        let engine = Engine::new(policy.clone()).with_invariants(self.invariants.clone());
+        let compiled = engine
+            .compile()
+            .into_iter()
+            .next_back()
+            .unwrap_or_else(|| compile(&policy));
+        Ok(Prepared {
+            policy,
+            engine,
+            compiled,
+        })
+    }
+
+    /// Installs `prepared` for the workload at `path` under a new slot and points the workload
+    /// at it. The caller collects the old slot afterwards.
+    fn install(
+        &mut self,
+        path: &Path,
+        id: u64,
+        prepared: &Prepared,
+    ) -> Result<(KernelEntries, Workload, Issuer)> {
+        let slot = new_slot();
+        let mut entries = entries::build(&prepared.engine, &prepared.compiled, slot)?;
+        for warning in &entries.not_enforced {
+            warn!(cgroup = %path.display(), "{warning}");
+        }
+        let mut issuer = Issuer::open(&self.config.state_dir, prepared.policy.permit_ttl)?;
+        let subject = Subject {
+            cgroup_id: id,
+            cgroup_path: path.display().to_string(),
+        };
+        issuer.issue(
+            &prepared.policy,
+            &prepared.compiled,
+            &subject,
+            entries.rules(),
+        )?;
+        entries.stamp(|rule| issuer.stamp(rule));
+        let default = if prepared.compiled.default == Effect::Permit {
+            EFFECT_PERMIT
+        } else {
+            EFFECT_REFUSE
+        };
+        let mut flags = if prepared.policy.mode == Mode::Observe {
+            WORKLOAD_OBSERVE
+        } else {
+            0
+        };
+        if prepared.compiled.allow_anonymous_exec {
+            flags |= WORKLOAD_ANON_EXEC;
+        }
+        let mut config = Workload {
+            flags,
+            exec_default: default,
+            connect_default: default,
+            slot,
+            ..Workload::default()
+        };
+        net::set_raw(&mut config, &prepared.compiled);
+        self.enforcer.install(id, config, &entries)?;
+        Ok((entries, config, issuer))
+    }
+
+    fn confine(&mut self, path: &Path, relative: &str) -> Result<()> {
+        let Some(entry) = self.config.entry_for(relative).cloned() else {
+            return Ok(());
+        };
+        let id = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .ino();
+        let level = relative.split('/').count() as u32;
+        if level > bridle_common::MAX_CGROUP_DEPTH {
+            bail!(
+                "{} is {level} levels deep; the programs look {} levels up",
+                path.display(),
+                bridle_common::MAX_CGROUP_DEPTH
+            );
+        }
+        let policy_file = self.config.policy_path(&entry.policy);
+        let prepared = self.prepare(&policy_file, entry.mode)?;
+        let (entries, config, issuer) = self.install(path, id, &prepared)?;
+        // Entries first, then the links: the programs find a complete workload from their
+        // first run at this cgroup. A cgroup adopted from pins is attached already.
+        if !pins::pinned_cgroups(&self.pin_dir)?.contains(&id) {
+            let links = self.enforcer.attach_cgroup(path)?;
+            self.enforcer.pin_cgroup_links(&self.pin_dir, id, links)?;
+        }
+        info!(
+            cgroup = %path.display(),
+            policy = %prepared.policy.name,
+            digest = %prepared.policy.digest_hex(),
+            mode = prepared.policy.mode.as_str(),
+            "confined"
+        );
+        let renew = (prepared.policy.permit_ttl / 2).max(Duration::from_secs(1));
+        self.workloads.insert(
+            id,
+            Confined {
+                path: path.to_path_buf(),
+                relative: relative.to_owned(),
+                glob: entry.cgroup.clone(),
+                policy_name: entry.policy.clone(),
+                policy_file,
+                mode: entry.mode,
+                compiled: prepared.compiled,
+                entries,
+                config,
+                issuer,
+                policy_digest: prepared.policy.digest_hex(),
+                next_renewal: Instant::now() + renew,
+            },
+        );
+        Ok(())
+    }
+
+    /// Brings the confined set in line with the cgroup tree and the configuration.
+    fn reconcile(&mut self) {
+        let root = match cgroup::v2_root() {
+            Ok(r) => r,
+            Err(err) => {
+                error!("{err:#}");
+                return;
+            }
+        };
+        let mut present = HashSet::new();
+        let mut stack = vec![(root.clone(), 0u32)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(read) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in read.flatten() {
+                if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(relative) = path.strip_prefix(&root) else {
+                    continue;
+                };
+                let relative = relative.to_string_lossy().into_owned();
+                if let Ok(meta) = entry.metadata() {
+                    let id = meta.ino();
+                    if self.config.entry_for(&relative).is_some() {
+                        present.insert(id);
+                        if !self.workloads.contains_key(&id) {
+                            if let Err(err) = self.confine(&path, &relative) {
+                                error!(cgroup = %path.display(), "cannot confine: {err:#}");
+                            }
+                        }
+                        // A confined cgroup's descendants are covered by its links.
+                        continue;
+                    }
+                }
+                if depth + 1 < bridle_common::MAX_CGROUP_DEPTH {
+                    stack.push((path, depth + 1));
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .workloads
+            .keys()
+            .copied()
+            .filter(|id| !present.contains(id))
+            .collect();
+        for id in gone {
+            self.release(id);
+        }
+        // Pins of cgroups this daemon no longer confines (config changed while it was down).
+        if let Ok(pinned) = pins::pinned_cgroups(&self.pin_dir) {
+            let stale: Vec<u64> = pinned
+                .into_iter()
+                .filter(|id| !self.workloads.contains_key(id))
+                .collect();
+            for id in stale {
+                self.release(id);
+            }
+        }
+        self.collect();
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Err(err) = self.enforcer.forget_workload(id) {
+            error!(cgroup = id, "{err:#}");
+        }
+        if let Err(err) = pins::release_cgroup(&self.pin_dir, id) {
+            error!(cgroup = id, "{err:#}");
+        }
+        if let Some(w) = self.workloads.remove(&id) {
+            info!(cgroup = %w.path.display(), "released");
+        }
+    }
+
+    /// Deletes the entries of every slot no workload points at.
+    fn collect(&mut self) {
+        let active: HashSet<u64> = self.workloads.values().map(|w| w.config.slot).collect();
+        match self.enforcer.collect_slots(&active) {
+            Ok(0) => {}
+            Ok(n) => info!("removed {n} entries of replaced policy slots"),
+            Err(err) => error!("collecting old slots: {err:#}"),
+        }
+    }
+
+    /// Re-reads the configuration and every policy; applies all of them or none.
+    fn reload(&mut self) {
+        let outcome = self.try_reload();
+        let now = SystemTime::now();
+        match outcome {
+            Ok(n) => {
+                info!("reloaded: {n} workload(s) on their new policies");
+                self.last_reload = LastReload::Applied(now);
+            }
+            Err(err) => {
+                error!("reload rejected, the previous policies stay: {err:#}");
+                self.last_reload = LastReload::Rejected(now, format!("{err:#}"));
+            }
+        }
+        self.notify_status();
+    }
+
+    fn try_reload(&mut self) -> Result<usize> {
+        let config = Config::load(&self.config_file)?;
+        let invariants = load_invariants(&config)?;
+        // Check everything before touching anything.
+        let old_config = std::mem::replace(&mut self.config, config);
+        let old_invariants = std::mem::replace(&mut self.invariants, invariants);
+        let mut prepared = Vec::new();
+        for (id, w) in &self.workloads {
+            let entry = self.config.entry_for(&w.relative).cloned();
+            let (file, mode) = match &entry {
+                Some(e) => (self.config.policy_path(&e.policy), e.mode),
+                None => (w.policy_file.clone(), w.mode),
+            };
+            match self.prepare(&file, mode) {
+                Ok(p) => prepared.push((*id, entry.map(|e| e.policy), file, mode, p)),
+                Err(err) => {
+                    self.config = old_config;
+                    self.invariants = old_invariants;
+                    return Err(err);
+                }
+            }
+        }
+        let count = prepared.len();
+        for (id, name, file, mode, p) in prepared {
+            let Some(path) = self.workloads.get(&id).map(|w| w.path.clone()) else {
+                continue;
+            };
+            let (entries, config, issuer) = self.install(&path, id, &p)?;
+            if let Some(w) = self.workloads.get_mut(&id) {
+                w.compiled = p.compiled;
+                w.entries = entries;
+                w.config = config;
+                w.issuer = issuer;
+                w.policy_digest = p.policy.digest_hex();
+                w.policy_file = file;
+                w.mode = mode;
+                if let Some(name) = name {
+                    w.policy_name = name;
+                }
+            }
+        }
+        self.collect();
+        self.reconcile();
+        Ok(count)
+    }
+
+    /// Renews the permits of workloads whose renewal is due, and re-resolves their files.
+    fn renew_due(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .workloads
+            .iter()
+            .filter(|(_, w)| now >= w.next_renewal)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(w) = self.workloads.get_mut(&id) else {
+                continue;
+            };
+            let result = (|| -> Result<()> {
+                w.issuer.renew()?;
+                let ttl = w.issuer.ttl();
+                w.entries.stamp(|rule| w.issuer.stamp(rule));
+                self.enforcer.install(id, w.config, &w.entries)?;
+                w.next_renewal = now + (ttl / 2).max(Duration::from_secs(1));
+                Ok(())
+            })();
+            if let Err(err) = result {
+                error!(cgroup = id, "renewing permits: {err:#}");
+            }
+        }
+    }
+
+    /// Appends one kernel decision to the audit trail (and logs refusals).
+    fn record(&mut self, item: &[u8]) {
+        let Some(decided) = Decided::decode(item) else {
+            return;
+        };
+        let Some(w) = self.workloads.get(&decided.workload) else {
+            return;
+        };
+        let described = decided.describe(&w.compiled, &w.entries, &w.path.display().to_string());
+        if !decided.permitted {
+            info!(cgroup = %w.path.display(), pid = decided.tgid, "{}", described.line.trim_start_matches("bridle: "));
+        }
+        if let Err(err) = self.audit.append(described.record) {
+            error!("appending to the audit trail: {err:#}");
+        }
+    }
+
+    fn notify_status(&self) {
+        let reload = match &self.last_reload {
+            LastReload::Rejected(..) => "; last reload REJECTED",
+            _ => "",
+        };
+        let status = format!("confining {} workload(s){reload}", self.workloads.len());
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+    }
+
+    fn answer(&mut self, request: Request) -> Reply {
+        match request {
+            Request::Status => Reply::ok(self.status()),
+            Request::Reload => {
+                self.reload();
+                match &self.last_reload {
+                    LastReload::Rejected(_, why) => Reply::error(why.clone()),
+                    _ => Reply::ok(self.status()),
+                }
+            }
+        }
+    }
+
+    fn status(&mut self) -> serde_json::Value {
+        let stats = self.enforcer.stats().unwrap_or_default();
+        let since = |t: &SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let workloads: Vec<serde_json::Value> = self
+            .workloads
+            .iter()
+            .map(|(id, w)| {
+                json!({
+                    "cgroup": w.path.display().to_string(),
+                    "cgroup_id": id,
+                    "matched": w.glob,
+                    "policy": w.policy_name,
+                    "digest": w.policy_digest,
+                    "mode": if w.config.flags & WORKLOAD_OBSERVE != 0 { "observe" } else { "enforce" },
+                    "slot": format!("{:016x}", w.config.slot),
+                    "exec_entries": w.entries.exec.len(),
+                    "address_entries": w.entries.net4.len() + w.entries.net6.len(),
+                    "permits": w.entries.rules().len(),
+                })
+            })
+            .collect();
+        let last_reload = match &self.last_reload {
+            LastReload::Never => json!(null),
+            LastReload::Applied(t) => json!({"at": since(t), "outcome": "applied"}),
+            LastReload::Rejected(t, why) => {
+                json!({"at": since(t), "outcome": "rejected", "error": why})
+            }
+        };
+        json!({
+            "started": since(&self.started),
+            "adopted_pins": self.adopted,
+            "pin_dir": self.pin_dir.display().to_string(),
+            "tiers": {
+                "exec": "kill (sched_process_exec + SIGKILL); the fanotify and LSM tiers are per `bridle run` in this version",
+                "connect": "cgroup connect4/connect6, sendmsg4/sendmsg6",
+                "raw_sockets": "cgroup sock_create",
+                "unix_sockets": net::UNIX_NOT_ENFORCED,
+            },
+            "workloads": workloads,
+            "events": {"judged": stats.judged, "refused": stats.refused, "lost": stats.events_lost},
+            "last_reload": last_reload,
+        })
+    }
+}

@@ -1,0 +1,272 @@
+//! Persistence under bpffs: the daemon pins its maps, programs and links so that enforcement
+//! survives its restart or its death, and a restarted daemon adopts what it finds.
+//!
+//! Layout under the pin directory (`/sys/fs/bpf/bridle` by default):
+//!
+//! ```text
+//! maps/<MAP>                 every map of the object
+//! programs/<program>         the programs a new cgroup attachment needs
+//! links/exec_guard           the kill-on-exec hook
+//! links/cgroup-<id>/<prog>   one link per socket program per confined cgroup
+//! ```
+
+use super::{
+    net::{SENDMSG_PROGRAMS, SOCK_CREATE},
+    program, CgroupLink, Enforcer, Objects, MAP_NAMES,
+};
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{Map, MapData},
+    programs::{
+        cgroup_sock::CgroupSockAttachType, links::FdLink, links::PinnedLink, CgroupSock,
+        CgroupSockAddr, CgroupSockAddrAttachType, Program, RawTracePoint,
+    },
+};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+/// Where the daemon pins everything unless told otherwise.
+pub const DEFAULT_DIR: &str = "/sys/fs/bpf/bridle";
+
+/// The socket programs a cgroup attachment uses, with their attach types.
+const SOCK_ADDR_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+    ("connect4", CgroupSockAddrAttachType::Connect4),
+    ("connect6", CgroupSockAddrAttachType::Connect6),
+    (SENDMSG_PROGRAMS[0], CgroupSockAddrAttachType::UDPSendMsg4),
+    (SENDMSG_PROGRAMS[1], CgroupSockAddrAttachType::UDPSendMsg6),
+];
+
+fn cgroup_dir(dir: &Path, cgroup: u64) -> PathBuf {
+    dir.join("links").join(format!("cgroup-{cgroup}"))
+}
+
+/// Makes sure a bpffs is mounted where `dir` lives (`/sys/fs/bpf`).
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) {
+        let mounts =
+            fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+        let mounted = mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "));
+        if !mounted {
+            nix::mount::mount(
+                Some("bpf"),
+                root,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .context("mounting bpffs at /sys/fs/bpf")?;
+        }
+    }
+    for sub in ["maps", "programs", "links"] {
+        fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    Ok(())
+}
+
+impl Enforcer {
+    /// Pins every map, the programs new attachments need, and the exec hook's link under
+    /// `dir`: from then on they outlive this process.
+    pub fn pin(&mut self, dir: &Path) -> Result<()> {
+        ensure_bpffs(dir)?;
+        for name in MAP_NAMES {
+            let path = dir.join("maps").join(name);
+            self.objects
+                .map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))?
+                .pin(&path)
+                .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+        }
+        let names = SOCK_ADDR_PROGRAMS
+            .iter()
+            .map(|(n, _)| *n)
+            .chain([SOCK_CREATE]);
+        for name in names {
+            let path = dir.join("programs").join(name);
+            self.objects
+                .program_mut_checked(name)?
+                .pin(&path)
+                .with_context(|| format!("pinning program {name} at {}", path.display()))?;
+        }
+        if let Some(id) = self.exec_link.take() {
+            let prog: &mut RawTracePoint = program(&mut self.objects, "exec_guard")?;
+            let link = prog.take_link(id).context("taking the exec hook's link")?;
+            let link: FdLink = link.into();
+            let path = dir.join("links").join("exec_guard");
+            link.pin(&path)
+                .with_context(|| format!("pinning the exec hook's link at {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Opens what an earlier daemon pinned under `dir`; `None` when nothing is pinned there.
+    pub fn adopt(dir: &Path) -> Result<Option<Enforcer>> {
+        if !dir.join("links").join("exec_guard").exists() {
+            return Ok(None);
+        }
+        let mut maps = BTreeMap::new();
+        for name in MAP_NAMES {
+            let path = dir.join("maps").join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening the pinned map {}", path.display()))?;
+            let map = Map::from_map_data(data).with_context(|| {
+                format!("the pinned map {} has an unknown type", path.display())
+            })?;
+            maps.insert(name.to_owned(), map);
+        }
+        let mut programs = BTreeMap::new();
+        for (name, attach) in SOCK_ADDR_PROGRAMS {
+            let path = dir.join("programs").join(name);
+            let prog = CgroupSockAddr::from_pin(&path, attach)
+                .with_context(|| format!("opening the pinned program {}", path.display()))?;
+            programs.insert(name.to_owned(), Program::CgroupSockAddr(prog));
+        }
+        let path = dir.join("programs").join(SOCK_CREATE);
+        let prog = CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate)
+            .with_context(|| format!("opening the pinned program {}", path.display()))?;
+        programs.insert(SOCK_CREATE.to_owned(), Program::CgroupSock(prog));
+        Ok(Some(Enforcer {
+            objects: Objects {
+                ebpf: None,
+                maps,
+                programs,
+            },
+            exec_link: None,
+        }))
+    }
+
+    /// Pins the links [`Enforcer::attach_cgroup`] made for `cgroup`, so they stay attached
+    /// when this process goes.
+    pub fn pin_cgroup_links(
+        &mut self,
+        dir: &Path,
+        cgroup: u64,
+        links: Vec<CgroupLink>,
+    ) -> Result<()> {
+        let target = cgroup_dir(dir, cgroup);
+        fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+        for link in links {
+            let (name, fd): (&str, FdLink) = match link {
+                CgroupLink::SockAddr(name, id) => {
+                    let prog: &mut CgroupSockAddr = program(&mut self.objects, name)?;
+                    let link = prog
+                        .take_link(id)
+                        .with_context(|| format!("taking {name}'s link"))?;
+                    (
+                        name,
+                        link.try_into()
+                            .with_context(|| format!("{name}'s link has no fd"))?,
+                    )
+                }
+                CgroupLink::Sock(name, id) => {
+                    let prog: &mut CgroupSock = program(&mut self.objects, name)?;
+                    let link = prog
+                        .take_link(id)
+                        .with_context(|| format!("taking {name}'s link"))?;
+                    (
+                        name,
+                        link.try_into()
+                            .with_context(|| format!("{name}'s link has no fd"))?,
+                    )
+                }
+            };
+            let path = target.join(name);
+            fd.pin(&path)
+                .with_context(|| format!("pinning {name}'s link at {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Objects {
+    fn program_mut_checked(&mut self, name: &str) -> Result<&mut Program> {
+        use super::Programs;
+        self.program_mut(name)
+            .with_context(|| format!("the eBPF object has no program {name}"))
+    }
+}
+
+/// The cgroups whose links are pinned under `dir`.
+pub fn pinned_cgroups(dir: &Path) -> Result<Vec<u64>> {
+    let links = dir.join("links");
+    let Ok(entries) = fs::read_dir(&links) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", links.display()))?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("cgroup-"))
+            .and_then(|n| n.parse().ok())
+        {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Detaches one cgroup's pinned links (removing a pin drops the kernel's last reference).
+pub fn release_cgroup(dir: &Path, cgroup: u64) -> Result<()> {
+    let target = cgroup_dir(dir, cgroup);
+    let Ok(entries) = fs::read_dir(&target) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("listing {}", target.display()))?
+            .path();
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening the pinned link {}", path.display()))?;
+        link.unpin()
+            .with_context(|| format!("unpinning {}", path.display()))?;
+    }
+    fs::remove_dir(&target).with_context(|| format!("removing {}", target.display()))
+}
+
+/// Removes everything pinned under `dir`: every link is detached, every program and map
+/// released. This is `bridle unload`: it ends enforcement on purpose.
+pub fn unload(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.join("links").exists() && !dir.join("maps").exists() {
+        bail!(
+            "{} does not look like a bridle pin directory",
+            dir.display()
+        );
+    }
+    for cgroup in pinned_cgroups(dir)? {
+        release_cgroup(dir, cgroup)?;
+    }
+    let exec = dir.join("links").join("exec_guard");
+    if exec.exists() {
+        PinnedLink::from_pin(&exec)
+            .with_context(|| format!("opening {}", exec.display()))?
+            .unpin()
+            .with_context(|| format!("unpinning {}", exec.display()))?;
+    }
+    for sub in ["programs", "maps"] {
+        let path = dir.join(sub);
+        if let Ok(entries) = fs::read_dir(&path) {
+            for entry in entries.flatten() {
+                fs::remove_file(entry.path())
+                    .with_context(|| format!("unpinning {}", entry.path().display()))?;
+            }
+        }
+    }
+    for sub in ["links", "programs", "maps", ""] {
+        let path = dir.join(sub);
+        if path.exists() {
+            fs::remove_dir(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! `bridle daemon` against the real kernel: pinned enforcement that outlives the daemon,
+//! adoption on restart, all-or-nothing reloads, the control socket, the notify protocol and
+//! the shipped systemd unit.
+
+use bridle_tests::{
+    bridle_bin, cgroup2_root, finish, kernel_lock, loaded_bridle_programs, require_root,
+    workspace_root, Finished,
+};
+use std::{
+    fs,
+    os::unix::net::UnixDatagram,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A policy that permits the system's programs and refuses /usr/bin/touch by name.
+const REFUSE_TOUCH: &str = r#"
+name = "daemon-test"
+default = "refuse"
+permit_ttl = "10m"
+
+[[rule]]
+name = "system"
+effect = "permit"
+exec = ["/usr/bin/*", "/bin/*"]
+
+[[rule]]
+name = "no-touch"
+effect = "refuse"
+exec = ["/usr/bin/touch"]
+"#;
+
+/// Everything one test's daemon uses; dropping it stops the daemon (by pid), unloads its pins
+/// and removes its cgroups, whatever happened.
+struct Setup {
+    dir: tempfile::TempDir,
+    group: PathBuf,
+    pin_dir: PathBuf,
+    daemon: Option<Child>,
+    notify: UnixDatagram,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = format!("bridle-dtest-{tag}-{}", std::process::id());
+        let group = cgroup2_root().join(&name);
+        fs::create_dir_all(&group).expect("create test cgroup parent");
+        fs::create_dir_all(dir.path().join("policies")).expect("policies dir");
+        fs::write(dir.path().join("policies/p.toml"), REFUSE_TOUCH).expect("policy");
+        fs::write(
+            dir.path().join("bridle.toml"),
+            format!(
+                "state_dir = \"{}\"\npolicy_dir = \"{}\"\nscan_interval = \"100ms\"\n\n[[confine]]\ncgroup = \"{name}/*\"\npolicy = \"p\"\n",
+                dir.path().join("state").display(),
+                dir.path().join("policies").display()
+            ),
+        )
+        .expect("config");
+        let notify = UnixDatagram::bind(dir.path().join("notify.sock")).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        Setup {
+            pin_dir: PathBuf::from(format!(
+                "/sys/fs/bpf/bridle-dtest-{tag}-{}",
+                std::process::id()
+            )),
+            dir,
+            group,
+            daemon: None,
+            notify,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("ctl/bridle.sock")
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(bridle_bin())
+            .arg("daemon")
+            .arg("--config")
+            .arg(self.dir.path().join("bridle.toml"))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(self.socket())
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(self.dir.path().join("daemon.log")).expect("log"))
+            .spawn()
+            .expect("start the daemon");
+        self.daemon = Some(child);
+        self.wait_notify("READY=1");
+    }
+
+    /// Waits for a notify datagram containing `what`; returns every datagram seen.
+    fn wait_notify(&self, what: &str) -> Vec<String> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < DEADLINE {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let hit = text.lines().any(|l| l == what || l.starts_with(what));
+                seen.push(text);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+        panic!("no {what} from the daemon; got {seen:?}\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn signal(&mut self, signal: i32) {
+        if let Some(child) = self.daemon.as_mut() {
+            // SAFETY: kill(2) on the pid of the daemon this test started.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+        self.daemon = None;
+    }
+
+    fn bridle(&self, args: &[&str]) -> Finished {
+        let mut cmd = Command::new(bridle_bin());
+        cmd.args(args)
+            .env("BRIDLE_SOCKET", self.socket())
+            .env("BRIDLE_STATE_DIR", self.dir.path().join("state"));
+        finish(cmd, DEADLINE)
+    }
+
+    /// Runs `script` in workload cgroup `name` (created if needed) and returns its exit status.
+    fn in_workload(&self, name: &str, script: &str) -> i32 {
+        let cg = self.group.join(name);
+        fs::create_dir_all(&cg).expect("workload cgroup");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(format!(
+            "echo $$ > {}/cgroup.procs && {script}",
+            cg.display()
+        ));
+        finish(cmd, DEADLINE).code
+    }
+
+    fn wait_workloads(&self, n: usize) {
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            let f = self.bridle(&["status", "--json"]);
+            if f.code == 0 && f.stdout.matches("\"cgroup_id\"").count() == n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the daemon never confined {n} workload(s)\n{}", self.log());
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = Command::new(bridle_bin())
+            .args(["unload", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(self.socket())
+            .status();
+        if let Ok(entries) = fs::read_dir(&self.group) {
+            for e in entries.flatten() {
+                let _ = fs::write(e.path().join("cgroup.kill"), "1");
+                let start = Instant::now();
+                while fs::remove_dir(e.path()).is_err() && start.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let _ = fs::remove_dir(&self.group);
+    }
+}
+
+fn wait_no_programs() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !loaded_bridle_programs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        loaded_bridle_programs(),
+        Vec::<String>::new(),
+        "programs left"
+    );
+}
+
+#[test]
+fn enforcement_survives_a_killed_daemon_and_a_restart_adopts_it() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("adopt");
+    fs::create_dir_all(s.group.join("w1")).expect("w1");
+    s.start();
+    let status = s.wait_notify("STATUS=");
+    assert!(
+        status
+            .iter()
+            .any(|d| d.contains("STATUS=confining 1 workload(s)")),
+        "{status:?}"
+    );
+    let marker = s.dir.path().join("marker");
+    let touch = format!("/usr/bin/touch {}", marker.display());
+    assert_eq!(s.in_workload("w1", &touch), 128 + libc::SIGKILL);
+    assert_eq!(
+        s.in_workload("w1", "/usr/bin/true"),
+        0,
+        "a permitted exec runs"
+    );
+
+    s.signal(libc::SIGKILL);
+    // No daemon: the pinned programs still hold the workload.
+    assert_eq!(s.in_workload("w1", &touch), 128 + libc::SIGKILL);
+    assert!(
+        !marker.exists(),
+        "a refused exec ran while the daemon was down"
+    );
+
+    s.start();
+    let status = s.bridle(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(
+        status.stdout.contains("\"adopted_pins\": true"),
+        "{}",
+        status.stdout
+    );
+    // A cgroup created while the daemon runs is confined within its scan interval.
+    fs::create_dir_all(s.group.join("w2")).expect("w2");
+    s.wait_workloads(2);
+    assert_eq!(s.in_workload("w2", &touch), 128 + libc::SIGKILL);
+    assert!(!marker.exists());
+
+    // Nothing lost: the refusal while no daemon ran reached the audit trail after the restart.
+    s.signal(libc::SIGTERM);
+    let export = s.bridle(&[
+        "audit",
+        "export",
+        "--format",
+        "jsonl",
+        "--verdict",
+        "refuse",
+    ]);
+    let refusals = export
+        .stdout
+        .lines()
+        .filter(|l| l.contains("/usr/bin/touch"))
+        .count();
+    assert_eq!(
+        refusals,
+        3,
+        "every refusal is in the audit trail\n{}",
+        s.log()
+    );
+    let verify = s.bridle(&["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.stderr);
+
+    drop(s);
+    wait_no_programs();
+}
+
+#[test]
+fn a_reload_applies_every_policy_or_none() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("reload");
+    fs::create_dir_all(s.group.join("w1")).expect("w1");
+    s.start();
+    s.wait_workloads(1);
+    let policy = s.dir.path().join("policies/p.toml");
+    let broken = format!(
+        "{REFUSE_TOUCH}\n[[rule]]\nname = \"broken\"\neffect = \"permit\"\nexec = [\"relative\"]\n"
+    );
+    let line = broken
+        .lines()
+        .position(|l| l.contains("\"relative\""))
+        .map_or(0, |i| i + 1);
+    fs::write(&policy, &broken).expect("write a broken policy");
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 1, "{}", reload.stderr);
+    assert!(
+        reload
+            .stderr
+            .contains(&format!("{}:{line}:9: error:", policy.display())),
+        "the rejection names file:line:column\n{}",
+        reload.stderr
+    );
+    let status = s.bridle(&["status"]);
+    assert!(
+        status.stdout.contains("last reload: rejected"),
+        "{}",
+        status.stdout
+    );
+    let touch = format!("/usr/bin/touch {}", s.dir.path().join("m").display());
+    assert_eq!(
+        s.in_workload("w1", &touch),
+        128 + libc::SIGKILL,
+        "the old policy stays"
+    );
+
+    // A good policy that no longer refuses touch: applied, and touch runs.
+    fs::write(
+        &policy,
+        REFUSE_TOUCH.replace("\"/usr/bin/touch\"", "\"/usr/bin/no-such-tool\""),
+    )
+    .expect("write a good policy");
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    assert_eq!(s.in_workload("w1", &touch), 0, "the new policy applies");
+}
+
+#[test]
+fn the_control_socket_refuses_a_non_root_user() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("ctl");
+    s.start();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bridle_bin())
+        .args(["reload", "--socket"])
+        .arg(s.socket());
+    let f = finish(cmd, DEADLINE);
+    assert_eq!(f.code, 1, "{}", f.stderr);
+    assert!(f.stderr.contains("permission denied"), "{}", f.stderr);
+    let status = s.bridle(&["status"]);
+    assert!(
+        status.stdout.contains("last reload: never"),
+        "nothing changed: {}",
+        status.stdout
+    );
+}
+
+#[test]
+fn the_shipped_unit_file_verifies() {
+    let unit = fs::read_to_string(workspace_root().join("agent/systemd/bridle.service"))
+        .expect("the unit file");
+    for directive in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(unit.contains(directive), "the unit lacks {directive}");
+    }
+    // systemd-analyze checks that ExecStart's binary exists: point it at the one under test.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("bridle.service");
+    fs::write(
+        &copy,
+        unit.replace("/usr/bin/bridle", &bridle_bin().display().to_string()),
+    )
+    .expect("write the unit copy");
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.args(["verify", "--man=no"]).arg(&copy);
+    let f = finish(cmd, DEADLINE);
+    assert_eq!(
+        f.code, 0,
+        "systemd-analyze verify failed:\n{}{}",
+        f.stdout, f.stderr
+    );
+    assert!(!f.stderr.contains("bridle.service"), "{}", f.stderr);
+}
