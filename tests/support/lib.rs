@@ -125,16 +125,27 @@ pub fn cgroup2_root() -> PathBuf {
         .expect("a cgroup v2 mount")
 }
 
-/// cgroups that `bridle run` created and that still exist.
+/// cgroups that `bridle run` created and that still exist, except those of a live `bridle`
+/// that is not the binary under test (another checkout's run on a shared machine).
 pub fn leftover_run_cgroups() -> Vec<PathBuf> {
+    let ours = std::fs::canonicalize(bridle_bin()).ok();
     std::fs::read_dir(cgroup2_root())
         .expect("list cgroup root")
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
+            let Some(pid) = p
+                .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("bridle-run-"))
+                .and_then(|n| n.strip_prefix("bridle-run-"))
+            else {
+                return false;
+            };
+            match std::fs::read_link(format!("/proc/{pid}/exe")) {
+                // Its creator is gone: a leftover, whoever made it.
+                Err(_) => true,
+                Ok(exe) => Some(exe) == ours,
+            }
         })
         .collect()
 }
