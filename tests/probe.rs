@@ -108,9 +108,10 @@ fn udp_rate(addr: &str, rate: &str, millis: &str) -> i32 {
         if elapsed >= length {
             break;
         }
-        if rate > 0 {
-            // Pace against the schedule, not the previous op, so a slow op is caught up on.
-            let due = Duration::from_nanos(ops.saturating_mul(1_000_000_000) / rate);
+        // Pace against the schedule, not the previous op, so a slow op is caught up on; a
+        // rate of 0 has no schedule.
+        if let Some(due) = ops.saturating_mul(1_000_000_000).checked_div(rate) {
+            let due = Duration::from_nanos(due);
             if due > elapsed {
                 let ahead = due - elapsed;
                 if ahead > Duration::from_micros(200) {

@@ -302,13 +302,5 @@ fn nft_rules(path: &str, tcp_port: u16, udp_port: u16, n: usize, set: bool) -> S
 
 /// `100000` as `100,000`.
 pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    super::report::group_digits(&n.to_string())
 }

@@ -203,17 +203,12 @@ fn num(v: f64) -> String {
     if !v.is_finite() {
         "—".into()
     } else if v.abs() >= 1000.0 {
-        let s = format!("{v:.0}");
         // Thousands separators make the large rates readable.
-        let (sign, digits) = s.split_at(usize::from(s.starts_with('-')));
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
+        let s = format!("{v:.0}");
+        match s.strip_prefix('-') {
+            Some(digits) => format!("-{}", group_digits(digits)),
+            None => group_digits(&s),
         }
-        format!("{sign}{out}")
     } else if v.abs() >= 100.0 {
         format!("{v:.1}")
     } else {
@@ -240,4 +235,16 @@ pub fn nproc() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// `1234567` as `1,234,567`.
+pub fn group_digits(digits: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
