@@ -81,7 +81,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                  loss counter reported a median of {} lost events per {MILLIS} ms run: every \
                  drop is counted by the kernel and reported by `bridle run` at exit.",
                 connect::thousands(r as usize),
-                unpaced_lost
+                connect::thousands(unpaced_lost as usize)
             ),
             None => format!(
                 "Events were lost at every offered rate (lowest {}/s); the loss counter \
