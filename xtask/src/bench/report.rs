@@ -87,9 +87,22 @@ impl Report {
         self.notes.push((section, text.into()));
     }
 
+    /// The ratio to the reference: the median of the per-round ratios when both figures have
+    /// one sample per round (each pair ran minutes apart at most, so load that drifts over
+    /// the run cancels out), else the ratio of the medians.
     fn ratio(&self, f: &Figure) -> Option<f64> {
         let r = f.reference.as_ref()?;
         let base = self.figures.iter().find(|g| &g.name == r)?;
+        if f.samples.len() == base.samples.len() && !f.samples.is_empty() {
+            let mut per_round: Vec<f64> = f
+                .samples
+                .iter()
+                .zip(&base.samples)
+                .map(|(a, b)| a / b)
+                .collect();
+            per_round.sort_by(|a, b| a.total_cmp(b));
+            return per_round.get(per_round.len() / 2).copied();
+        }
         Some(f.median() / base.median())
     }
 
@@ -99,7 +112,8 @@ impl Report {
         let _ = writeln!(
             md,
             "Machine: Linux {} · {} CPUs · load average at start {} and at end {} · {} \
-             interleaved rounds per figure · run took {:.0} s.\n",
+             interleaved rounds per figure · run took {:.0} s. Ratio: the median over rounds of \
+             the figure's ratio to its reference in the same round.\n",
             uname_r(),
             nproc(),
             self.load_start,
