@@ -6,6 +6,7 @@ mod daemon;
 mod fanotify;
 mod issuer;
 mod kernel;
+mod os;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

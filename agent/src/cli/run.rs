@@ -198,7 +198,7 @@ fn confine_and_wait(
         "bridle: exec tier: {tier}{forced}: {}{marks}",
         tier.effect()
     );
-    install_stop_handlers()?;
+    crate::os::on_stop_signals(on_stop_signal)?;
     let audit = AuditWriter::open(
         &state_dir.join("audit"),
         issuer.key(),
@@ -232,7 +232,7 @@ fn confine_and_wait(
     )?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
-        wait_readable(events.as_raw_fd(), Duration::from_millis(50));
+        crate::os::wait_readable(events.as_raw_fd(), Duration::from_millis(50));
         let mut recorded = false;
         while let Some(item) = events.next() {
             reporter.handle(&item)?;
@@ -381,21 +381,6 @@ fn proc_identity(pid: i32) -> (String, u32) {
     (comm, uid)
 }
 
-fn install_stop_handlers() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }
-            .with_context(|| format!("installing a {signal} handler"))?;
-    }
-    Ok(())
-}
-
 /// Starts `command` as a child that joins `cgroup` before it execs; with `tasks` (the task
 /// table's fd and the workload id) it also enters itself there, so its first exec is asked;
 /// without `CAP_NET_RAW` if `drop_raw`.
@@ -453,15 +438,4 @@ fn spawn_in_cgroup(
     // The child is reaped with waitpid by pid; std's handle is not needed any more.
     std::mem::forget(child);
     Ok(pid)
-}
-
-fn wait_readable(fd: RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call. EINTR (a stop signal) simply
-    // ends the wait early, which is what we want.
-    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
 }

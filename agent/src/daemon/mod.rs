@@ -162,7 +162,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         started: SystemTime::now(),
         adopted,
     };
-    install_signal_handlers()?;
+    crate::os::on_stop_signals(on_signal)?;
     let (requests_tx, requests) = mpsc::channel();
     let server = control::Server::start(&args.socket, requests_tx)?;
     daemon.reconcile();
@@ -178,7 +178,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     let mut next_ping = Instant::now();
     let mut next_scan = Instant::now() + daemon.config.scan_interval;
     loop {
-        wait_readable(events.as_raw_fd(), Duration::from_millis(50));
+        crate::os::wait_readable(events.as_raw_fd(), Duration::from_millis(50));
         let mut recorded = false;
         while let Some(item) = events.next() {
             daemon.record(&item);
@@ -247,31 +247,6 @@ fn load_invariants(config: &Config) -> Result<Vec<bridle_engine::Rule>> {
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .rules),
     }
-}
-
-fn install_signal_handlers() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }
-            .with_context(|| format!("installing a {signal} handler"))?;
-    }
-    Ok(())
-}
-
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
 }
 
 /// A fresh, nonzero policy slot.

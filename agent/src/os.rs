@@ -1,0 +1,32 @@
+//! Small wrappers over the process-level system calls the long-running commands share.
+
+use anyhow::{Context, Result};
+use std::{os::fd::RawFd, time::Duration};
+
+/// Waits until `fd` is readable or `timeout` passes; a signal ends the wait early, which is
+/// what the callers want (they check their signal flag next).
+pub fn wait_readable(fd: RawFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+}
+
+/// Routes SIGINT, SIGTERM and SIGHUP to `handler`, which must only store into an atomic.
+pub fn on_stop_signals(handler: extern "C" fn(libc::c_int)) -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(handler),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the callers' handlers only store into an atomic (async-signal-safe).
+        unsafe { sigaction(signal, &action) }
+            .with_context(|| format!("installing a {signal} handler"))?;
+    }
+    Ok(())
+}
