@@ -2,6 +2,7 @@
 
 mod cgroup;
 mod cli;
+mod dns;
 mod fanotify;
 mod issuer;
 mod kernel;

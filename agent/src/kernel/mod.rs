@@ -4,6 +4,7 @@
 //! One module per concern: [`entries`] turns a compiled policy into map entries, [`events`]
 //! reads decisions back. This module owns the loaded object and nothing else.
 
+pub mod dns;
 pub mod entries;
 pub mod events;
 pub mod net;
@@ -63,6 +64,7 @@ impl Enforcer {
                 .with_context(|| format!("loading the {name} cgroup program"))?;
         }
         net::load(&mut ebpf)?;
+        dns::load(&mut ebpf)?;
         Ok(Enforcer { ebpf })
     }
 
@@ -78,6 +80,7 @@ impl Enforcer {
                 .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
         }
         net::attach(&mut self.ebpf, &dir, cgroup)?;
+        dns::attach(&mut self.ebpf, &dir, cgroup)?;
         Ok(())
     }
 
