@@ -92,8 +92,10 @@ pub struct DnsReport {
     pub outcome: Outcome,
     /// The deciding rule's index.
     pub rule: Option<u32>,
-    /// The peer's process id when the transport tells it (TCP), else 0.
+    /// The peer's process id when the transport tells it, else 0.
     pub pid: u32,
+    /// Whether the query came over TCP.
+    pub tcp: bool,
 }
 
 /// What the resolver did with one query.
@@ -119,7 +121,8 @@ impl DnsReport {
             .and_then(rule_name)
             .map(|r| format!(", rule {r}"))
             .unwrap_or_default();
-        let what = format!("resolve {} {}", self.name, self.qtype);
+        let over = if self.tcp { " over TCP" } else { "" };
+        let what = format!("resolve {} {}{over}", self.name, self.qtype);
         match &self.outcome {
             Outcome::Permitted(addrs) => {
                 let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -434,6 +437,7 @@ impl Shared {
                 outcome,
                 rule: verdict.rule,
                 pid,
+                tcp,
             });
         };
         if !verdict.allowed && !self.observe {
