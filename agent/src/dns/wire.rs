@@ -9,7 +9,7 @@ use hickory_proto::{
 use std::{collections::HashSet, net::IpAddr};
 
 /// A workload's query, as far as the resolver needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Question {
     /// The message id the workload chose.
     pub id: u16,
