@@ -172,7 +172,8 @@ impl Drop for Setup {
             .arg(self.socket())
             .status();
         if let Ok(entries) = fs::read_dir(&self.group) {
-            for e in entries.flatten() {
+            // Child cgroups only: the control files beside them are not to be removed.
+            for e in entries.flatten().filter(|e| e.path().is_dir()) {
                 let _ = fs::write(e.path().join("cgroup.kill"), "1");
                 let start = Instant::now();
                 while fs::remove_dir(e.path()).is_err() && start.elapsed() < Duration::from_secs(5)

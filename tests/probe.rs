@@ -18,6 +18,11 @@
 //!
 //! The other subcommands are the workloads of `cargo xtask bench`: each does one operation in a
 //! tight loop and prints what it measured, so the figure never includes process start-up.
+//!
+//! `resolve NAME` looks NAME up with getaddrinfo(3) and prints `resolve NAME: ok ADDR…` or
+//! `resolve NAME: eai N` (the EAI_* code); `resolve-connect NAME PORT` then connects over TCP
+//! to the first address and prints `resolve-connect NAME: ok ADDR`, `… eai N` or
+//! `… errno N ADDR`.
 
 use std::{
     io::Write,
@@ -51,12 +56,15 @@ fn main() {
             landlock_exec_loop(n, path, allow)
         }
         [cmd, file] if cmd == "ready" => ready(file),
+        [cmd, name] if cmd == "resolve" => resolve_report(name, None),
+        [cmd, name, port] if cmd == "resolve-connect" => resolve_report(name, Some(port)),
         _ => {
             eprintln!(
                 "usage: bridle-probe connect ADDR | connect-loop ADDR N | exec HOW FILE ARGS... \
                  | udp-send ADDR | tfo ADDR | uring-connect ADDR | raw-socket | packet-socket \
                  | unix-connect PATH | unix-send PATH | udp-loop ADDR N | udp-rate ADDR RATE MILLIS \
-                 | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE"
+                 | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE \
+                 | resolve NAME | resolve-connect NAME PORT"
             );
             2
         }
@@ -567,4 +575,80 @@ fn monotonic_ns() -> u128 {
     // SAFETY: one valid timespec out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+/// getaddrinfo(3) for TCP, every family: the addresses, or the EAI_* code.
+fn lookup(name: &str) -> Result<Vec<std::net::IpAddr>, i32> {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return Err(libc::EAI_NONAME);
+    };
+    // SAFETY: addrinfo is plain old data; all zeroes is a valid value.
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_family = libc::AF_UNSPEC;
+    hints.ai_socktype = libc::SOCK_STREAM;
+    let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: valid C strings and out pointer; the list is freed below.
+    let rc = unsafe { libc::getaddrinfo(cname.as_ptr(), std::ptr::null(), &hints, &mut res) };
+    if rc != 0 {
+        return Err(rc);
+    }
+    let mut out = Vec::new();
+    let mut cur = res;
+    while !cur.is_null() {
+        // SAFETY: `cur` walks the list getaddrinfo returned.
+        let ai = unsafe { &*cur };
+        // SAFETY: ai_addr points at a sockaddr of the family ai_family says.
+        unsafe {
+            if ai.ai_family == libc::AF_INET {
+                let sin = &*(ai.ai_addr as *const libc::sockaddr_in);
+                out.push(std::net::IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+            } else if ai.ai_family == libc::AF_INET6 {
+                let sin6 = &*(ai.ai_addr as *const libc::sockaddr_in6);
+                out.push(std::net::IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cur = ai.ai_next;
+    }
+    // SAFETY: `res` came from getaddrinfo and is freed once.
+    unsafe { libc::freeaddrinfo(res) };
+    Ok(out)
+}
+
+fn resolve_report(name: &str, port: Option<&String>) -> i32 {
+    let what = if port.is_some() {
+        "resolve-connect"
+    } else {
+        "resolve"
+    };
+    let addrs = match lookup(name) {
+        Ok(a) => a,
+        Err(code) => {
+            println!("{what} {name}: eai {code}");
+            return 1;
+        }
+    };
+    let Some(port) = port else {
+        let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        println!("{what} {name}: ok {}", list.join(" "));
+        return 0;
+    };
+    let (Some(ip), Ok(port)) = (addrs.first(), port.parse::<u16>()) else {
+        println!("{what} {name}: no address");
+        return 1;
+    };
+    let to = std::net::SocketAddr::new(*ip, port);
+    match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        Ok(mut s) => {
+            let _ = s.write_all(b"probe\n");
+            println!("{what} {name}: ok {to}");
+            0
+        }
+        Err(err) => {
+            println!(
+                "{what} {name}: errno {} {to}",
+                err.raw_os_error().unwrap_or(-1)
+            );
+            1
+        }
+    }
 }

@@ -3,6 +3,7 @@
 mod cgroup;
 mod cli;
 mod daemon;
+mod dns;
 mod fanotify;
 mod issuer;
 mod kernel;

@@ -9,6 +9,8 @@
 // The exec tier programs: the BPF LSM hook and the task tracking the fanotify tier asks.
 mod lsm;
 mod sock;
+// DNS traffic to the workload's resolver, and replies back from the address asked.
+mod dns;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

@@ -27,6 +27,9 @@ const SOCK_PACKET: u32 = 10;
 /// Judges an IPv4 destination (connect or sendmsg) by the IPv4 rules.
 #[inline(always)]
 pub(crate) fn inet4(ctx: &SockAddrContext, kind: u8) -> i32 {
+    if crate::dns::redirect4(ctx) {
+        return SOCK_ALLOW;
+    }
     // SAFETY: the context is the kernel's bpf_sock_addr; user_ip4 and user_port are readable
     // in connect4 and sendmsg4 programs.
     let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
@@ -51,6 +54,9 @@ pub(crate) fn inet4(ctx: &SockAddrContext, kind: u8) -> i32 {
 /// into the IPv6 map.
 #[inline(always)]
 pub(crate) fn inet6(ctx: &SockAddrContext, kind: u8) -> i32 {
+    if crate::dns::redirect6(ctx) {
+        return SOCK_ALLOW;
+    }
     // SAFETY: as in inet4; user_ip6 is readable in connect6 and sendmsg6 programs.
     let (words, port) = unsafe { ((*ctx.sock_addr).user_ip6, (*ctx.sock_addr).user_port) };
     let mut addr = [0u8; 16];

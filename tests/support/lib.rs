@@ -170,6 +170,8 @@ pub fn loaded_bridle_programs() -> Vec<String> {
                 "sendmsg4",
                 "sendmsg6",
                 "sock_create",
+                "recvmsg4",
+                "recvmsg6",
             ]
             .iter()
             .any(|n| l.contains(&format!("name {n} ")))

@@ -7,11 +7,12 @@
 
 use crate::{
     cgroup::{self, Cgroup},
+    dns::{self, DnsConfig, DnsReport, Resolver},
     fanotify::{bpfmap::BpfMap, AskConfig, AskDecision, ExecAsk},
     issuer::Issuer,
     kernel::{
         entries,
-        events::Decided,
+        events::{Decided, Operation},
         tier::{self, ExecTier},
         Enforcer,
     },
@@ -58,6 +59,20 @@ pub struct RunArgs {
     /// Use this exec tier instead of the best one the kernel offers (only a lower one).
     #[arg(long, value_name = "TIER")]
     pub exec_tier: Option<ExecTier>,
+    /// Upstream DNS server of the workload's resolver (default: the first `nameserver` of
+    /// /etc/resolv.conf).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_upstream: Option<std::net::SocketAddr>,
+    /// Shortest life, in seconds, of the entry an answered address gets (record TTLs below
+    /// it are raised to it).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub dns_ttl_min: u64,
+    /// Longest life, in seconds, of the entry an answered address gets.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub dns_ttl_max: u64,
+    /// How long the resolver waits for the upstream before it answers SERVFAIL, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub dns_timeout: u64,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -66,6 +81,10 @@ pub struct RunArgs {
 /// Longest a workload exec waits for the engine on the fanotify tier before the fail mode
 /// answers. Judging takes microseconds; this only bounds a stuck filesystem or a bug.
 const ASK_DEADLINE: Duration = Duration::from_millis(500);
+
+/// How often expired DNS entries are removed from the kernel maps (the kernel ignores an
+/// expired permit on its own; this only keeps the maps small).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The signal that asked us to stop (0: none).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -138,7 +157,15 @@ fn confine_and_wait(
         cgroup_id: cgroup.id(),
         cgroup_path: cgroup.path().display().to_string(),
     };
-    issuer.issue(policy, compiled, &subject, entries.rules())?;
+    // Host rules have no entries until a name is answered, but the entries the resolver
+    // installs then carry their permits' ids: issue those permits now.
+    let host_rules = compiled.hosts.iter().map(|h| h.rule.0);
+    issuer.issue(
+        policy,
+        compiled,
+        &subject,
+        entries.rules().into_iter().chain(host_rules),
+    )?;
     entries.stamp(|rule| issuer.stamp(rule));
     let default = if compiled.default == Effect::Permit {
         EFFECT_PERMIT
@@ -158,6 +185,16 @@ fn confine_and_wait(
     };
     crate::kernel::net::set_raw(&mut config, compiled);
     enforcer.install(cgroup.id(), config, &entries)?;
+    let (dns_tx, dns_reports) = std::sync::mpsc::channel::<DnsReport>();
+    let resolver = start_resolver(
+        args,
+        &enforcer,
+        compiled,
+        &issuer,
+        observe,
+        cgroup.id(),
+        dns_tx,
+    )?;
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
     // The fanotify tier: its task table gets the first process before it execs (below);
@@ -220,6 +257,7 @@ fn confine_and_wait(
     // Renew well before expiry, so a slow renewal never lets a permit lapse under a live run.
     let renew_every = (issuer.ttl() / 2).max(Duration::from_secs(1));
     let mut next_renewal = Instant::now() + renew_every;
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
 
     // The sock_create hook cannot see packet sockets (see net::drop_net_raw); without the
     // capability they need, the command cannot open them either. Observe mode refuses nothing.
@@ -242,6 +280,13 @@ fn confine_and_wait(
             reporter.handle_ask(decision)?;
             recorded = true;
         }
+        while let Ok(report) = dns_reports.try_recv() {
+            reporter.handle_dns(report)?;
+        }
+        if Instant::now() >= next_sweep {
+            resolver.sweep()?;
+            next_sweep = Instant::now() + SWEEP_EVERY;
+        }
         if recorded {
             reporter.audit.flush().context("flushing the audit trail")?;
         }
@@ -254,6 +299,7 @@ fn confine_and_wait(
             let mut renewed = entries::build(engine, compiled, slot)?;
             renewed.stamp(|rule| issuer.stamp(rule));
             enforcer.install(cgroup.id(), config, &renewed)?;
+            resolver.restamp(|rule| issuer.stamp(rule))?;
             next_renewal = Instant::now() + renew_every;
         }
         let stop = STOP_SIGNAL.load(Ordering::SeqCst);
@@ -287,6 +333,11 @@ fn confine_and_wait(
     while let Ok(decision) = decisions.try_recv() {
         reporter.handle_ask(decision)?;
     }
+    // Stops the resolver's threads; what they decided last is still queued.
+    drop(resolver);
+    while let Ok(report) = dns_reports.try_recv() {
+        reporter.handle_dns(report)?;
+    }
     reporter.audit.close().context("closing the audit trail")?;
     let stats = enforcer.stats()?;
     if stats.events_lost > 0 {
@@ -296,6 +347,42 @@ fn confine_and_wait(
         );
     }
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
+}
+
+/// Starts the workload's resolver and points its DNS traffic at it (before any workload
+/// process exists).
+fn start_resolver(
+    args: &RunArgs,
+    enforcer: &Enforcer,
+    compiled: &Compiled,
+    issuer: &Issuer,
+    observe: bool,
+    workload: u64,
+    reports: std::sync::mpsc::Sender<DnsReport>,
+) -> Result<Resolver> {
+    let upstream = args.dns_upstream.unwrap_or_else(dns::system_upstream);
+    let permit_ids = compiled
+        .hosts
+        .iter()
+        .filter_map(|h| Some((h.rule.0, issuer.stamp(h.rule.0)?.0)))
+        .collect();
+    let map = |name: &str| enforcer.shared_map_fd(name).map(BpfMap::new);
+    Resolver::start(DnsConfig {
+        upstream,
+        timeout: Duration::from_millis(args.dns_timeout),
+        ttl_min: Duration::from_secs(args.dns_ttl_min),
+        ttl_max: Duration::from_secs(args.dns_ttl_max),
+        observe,
+        workload,
+        // One workload, one policy: its cgroup id is its slot (see confine_and_wait).
+        slot: workload,
+        hosts: compiled.hosts.clone(),
+        codes: dns::rule_codes(compiled),
+        permit_ids,
+        maps: [map("NET4_RULES")?, map("NET6_RULES")?, map("DNS_REDIRECT")?],
+        reports,
+    })
+    .context("starting the workload's DNS resolver")
 }
 
 /// Prints decisions for the operator and appends every one to the audit trail.
@@ -350,13 +437,79 @@ impl Reporter<'_> {
         Ok(())
     }
 
+    /// Whether a refused connect or send fell to the default in a policy that has host rules:
+    /// the address was not obtained through an allowed name (or its answer expired).
+    fn unnamed_address(&self, decided: &Decided) -> bool {
+        !decided.permitted
+            && matches!(
+                decided.operation,
+                Operation::Connect(_) | Operation::Send(_)
+            )
+            && decided.code == Some(Code::NoMatchingRule)
+            && self
+                .compiled
+                .hosts
+                .iter()
+                .any(|h| h.effect == Effect::Permit)
+    }
+
+    /// A decision of the workload's resolver.
+    fn handle_dns(&mut self, report: DnsReport) -> Result<()> {
+        let rule = report
+            .rule
+            .and_then(|r| self.compiled.rules.get(r as usize))
+            .map(|r| r.name.clone());
+        let quiet = matches!(report.outcome, dns::Outcome::Permitted(_)) && !self.verbose;
+        if !quiet {
+            eprintln!("{}", report.line(|_| rule.clone()));
+        }
+        let (effect, code) = match report.outcome {
+            dns::Outcome::Refused => (Effect::Refuse, Code::NameNotAllowed),
+            dns::Outcome::Observed => (Effect::Permit, Code::Observed),
+            _ => (Effect::Permit, report.code()),
+        };
+        let (comm, uid) = if report.pid != 0 {
+            proc_identity(report.pid as i32)
+        } else {
+            (String::new(), u32::MAX)
+        };
+        let permit_id = match report.outcome {
+            dns::Outcome::Permitted(_) => {
+                rule.as_ref().and_then(|r| self.permit_of.get(r).copied())
+            }
+            _ => None,
+        };
+        self.audit
+            .append(RecordFields {
+                workload: self.workload.clone(),
+                pid: report.pid,
+                uid,
+                comm,
+                action: "resolve".to_owned(),
+                object: format!("{} {}", report.name, report.qtype),
+                effect,
+                code,
+                rule,
+                permit_id,
+            })
+            .context("appending to the audit trail")?;
+        Ok(())
+    }
+
     fn handle(&mut self, record: &[u8]) -> Result<()> {
         let Some(decided) = Decided::decode(record) else {
             return Ok(());
         };
         let described = decided.describe(self.compiled, self.entries, &self.workload);
         if !decided.permitted || self.verbose {
-            eprintln!("{}", described.line);
+            let mut line = described.line;
+            if self.unnamed_address(&decided) {
+                // The address may well belong to an allowed name: the hint says how to get it.
+                if let Some(open) = line.rfind(')') {
+                    line.insert_str(open, "; not an address of an allowed name");
+                }
+            }
+            eprintln!("{line}");
         }
         self.audit
             .append(described.record)

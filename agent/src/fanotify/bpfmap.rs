@@ -13,6 +13,7 @@ use std::{
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 /// `BPF_NOEXIST`: create the element only if it does not exist yet.
 pub const BPF_NOEXIST: u64 = 1;
@@ -84,6 +85,27 @@ impl BpfMap {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl BpfMap {
+    /// Deletes `key` (an exact match, also on an LPM trie); absent is not an error.
+    pub fn delete<K: Copy>(&self, key: &K) -> io::Result<()> {
+        let attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const K as u64,
+            value: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` points at a live key of the map's key size.
+        let rc = unsafe { sys_bpf(BPF_MAP_DELETE_ELEM, &attr) };
+        let err = io::Error::last_os_error();
+        if rc == 0 || err.raw_os_error() == Some(libc::ENOENT) {
+            Ok(())
+        } else {
+            Err(err)
         }
     }
 }

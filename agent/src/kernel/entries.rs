@@ -101,12 +101,8 @@ pub fn build(engine: &Engine, compiled: &Compiled, slot: u64) -> Result<KernelEn
     build_exec(engine, compiled, slot, &mut out)?;
     out.net4 = net_entries(compiled, &compiled.net4, |a| a.octets())?;
     out.net6 = net_entries(compiled, &compiled.net6, |a| a.octets())?;
-    for host in &compiled.hosts {
-        out.not_enforced.push(format!(
-            "host-name rule {:?} is not enforced yet (no DNS resolver): connects to it fall to the default",
-            host
-        ));
-    }
+    // Host rules have no entries here: the workload's resolver installs the addresses of
+    // the names it answers (see crate::dns).
     // A refusing default covers unix connects too, and they are not hooked: say so then as
     // well, not only when the policy names a socket.
     if !compiled.unix.is_empty() || compiled.default == Effect::Refuse {

@@ -4,6 +4,7 @@
 //! One module per concern: [`entries`] turns a compiled policy into map entries, [`events`]
 //! reads decisions back. This module owns the loaded object and nothing else.
 
+pub mod dns;
 pub mod entries;
 pub mod events;
 pub mod net;
@@ -33,7 +34,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/br
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
 /// Every map of the object, by name.
-pub const MAP_NAMES: [&str; 7] = [
+pub const MAP_NAMES: [&str; 9] = [
     "WORKLOADS",
     "EXEC_RULES",
     "NET4_RULES",
@@ -41,6 +42,8 @@ pub const MAP_NAMES: [&str; 7] = [
     "EVENTS",
     "STATS",
     "TASKS",
+    "DNS_REDIRECT",
+    "DNS_ORIGIN",
 ];
 
 /// bridle's programs and maps. Dropping it detaches and unloads everything it loaded and did
@@ -134,6 +137,7 @@ impl Enforcer {
                 .with_context(|| format!("loading the {name} cgroup program"))?;
         }
         net::load(&mut ebpf)?;
+        dns::load(&mut ebpf)?;
         Ok(Enforcer {
             objects: Objects {
                 ebpf: Some(ebpf),
@@ -160,6 +164,7 @@ impl Enforcer {
             links.push(CgroupLink::SockAddr(name, id));
         }
         links.extend(net::attach(&mut self.objects, &dir, cgroup)?);
+        links.extend(dns::attach(&mut self.objects, &dir, cgroup)?);
         Ok(links)
     }
 

@@ -11,6 +11,7 @@
 //! ```
 
 use super::{
+    dns::RECVMSG_PROGRAMS,
     net::{SENDMSG_PROGRAMS, SOCK_CREATE},
     program, CgroupLink, Enforcer, Objects, MAP_NAMES,
 };
@@ -32,11 +33,13 @@ use std::{
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/bridle";
 
 /// The socket programs a cgroup attachment uses, with their attach types.
-const SOCK_ADDR_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+const SOCK_ADDR_PROGRAMS: [(&str, CgroupSockAddrAttachType); 6] = [
     ("connect4", CgroupSockAddrAttachType::Connect4),
     ("connect6", CgroupSockAddrAttachType::Connect6),
     (SENDMSG_PROGRAMS[0], CgroupSockAddrAttachType::UDPSendMsg4),
     (SENDMSG_PROGRAMS[1], CgroupSockAddrAttachType::UDPSendMsg6),
+    (RECVMSG_PROGRAMS[0], CgroupSockAddrAttachType::UDPRecvMsg4),
+    (RECVMSG_PROGRAMS[1], CgroupSockAddrAttachType::UDPRecvMsg6),
 ];
 
 fn cgroup_dir(dir: &Path, cgroup: u64) -> PathBuf {

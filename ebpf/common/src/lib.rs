@@ -223,6 +223,40 @@ pub struct Event {
     pub path: [u8; PATH_LEN],
 }
 
+/// The DNS port: a workload's traffic to it, whatever the address, goes to its resolver.
+pub const DNS_PORT: u16 = 53;
+
+/// Where a workload's DNS traffic goes: the resolver `bridle run` serves it from on loopback.
+/// Keyed by the workload's cgroup id in its own map; the innermost workload with an entry
+/// wins, so a nested `bridle run` serves its own workload and its resolver's upstream queries
+/// meet the outer one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsRedirect {
+    /// The resolver's IPv4 address, network byte order.
+    pub ip4: [u8; 4],
+    /// The resolver's IPv6 address, network byte order (all zero: none; IPv6 sockets then go
+    /// to the IPv4-mapped form of `ip4`).
+    pub ip6: [u8; 16],
+    /// The resolver's port (UDP and TCP), host byte order.
+    pub port: u16,
+    /// Padding; always zero.
+    pub _pad: u16,
+}
+
+/// The destination a redirected DNS socket asked for, by socket cookie: the reply's source is
+/// rewritten back to it, because stub resolvers drop replies from an address they did not ask.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrigin {
+    /// The original address, network byte order (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// The original port, host byte order.
+    pub port: u16,
+    /// Padding; always zero.
+    pub _pad: [u8; 6],
+}
+
 /// Index in the stats map: events dropped because the ring buffer was full.
 pub const STAT_EVENTS_LOST: u32 = 0;
 /// Index in the stats map: operations judged.
@@ -245,6 +279,8 @@ mod user {
     unsafe impl aya::Pod for Net6Key {}
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for PortRules {}
+    unsafe impl aya::Pod for DnsRedirect {}
+    unsafe impl aya::Pod for DnsOrigin {}
 }
 
 #[cfg(test)]
@@ -262,5 +298,7 @@ mod tests {
         assert_eq!(size_of::<PortRule>(), 32);
         assert_eq!(size_of::<PortRules>(), 8 + 32 * PORT_RULES);
         assert_eq!(size_of::<Event>(), 104 + PATH_LEN);
+        assert_eq!(size_of::<DnsRedirect>(), 24);
+        assert_eq!(size_of::<DnsOrigin>(), 24);
     }
 }

@@ -1,0 +1,537 @@
+//! Host names decided at DNS time: the resolver `bridle run` serves its workload from.
+//!
+//! The kernel sends the workload's DNS traffic (UDP and TCP to port 53, whatever the address)
+//! here (see `ebpf/src/dns.rs`). A name no permit host rule allows gets REFUSED; an allowed one
+//! is forwarded to the upstream server, and every A and AAAA address of the answer (CNAME
+//! targets included) becomes a kernel entry under the workload's slot, with the matching
+//! rules' ports and the record's TTL clamped to bounds, *before* the answer goes back. So the
+//! workload can reach an address by name only if it asked through an allowed name, and only
+//! for as long as the answer lives.
+//!
+//! Threads: one receiver per UDP socket handing queries to a small fixed pool of workers over
+//! a bounded queue (a full queue drops the query; the client retries), one acceptor per TCP
+//! socket, and at most [`MAX_TCP`] connection threads.
+
+pub mod names;
+pub mod permits;
+pub mod upstream;
+pub mod wire;
+
+use crate::{fanotify::bpfmap::BpfMap, issuer::boot_now_ns};
+use anyhow::{Context, Result};
+use bridle_common::{Decision, DnsRedirect, PortRule, EFFECT_PERMIT, EFFECT_REFUSE};
+use bridle_engine::{Code, Compiled, HostEntry};
+use hickory_proto::op::ResponseCode;
+use names::NameVerdict;
+use permits::Permits;
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+use wire::{Malformed, Question};
+
+/// Worker threads answering UDP queries.
+const UDP_WORKERS: usize = 4;
+/// Queries waiting for a worker before new ones are dropped.
+const QUEUE: usize = 256;
+/// TCP connections served at once; more are closed at accept.
+pub const MAX_TCP: usize = 16;
+/// How often the receiving threads look at the stop flag.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a TCP client may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// How the resolver is set up.
+pub struct DnsConfig {
+    /// The upstream server.
+    pub upstream: SocketAddr,
+    /// How long to wait for the upstream.
+    pub timeout: Duration,
+    /// Shortest kernel lifetime of an answered address.
+    pub ttl_min: Duration,
+    /// Longest kernel lifetime of an answered address.
+    pub ttl_max: Duration,
+    /// Observe mode: forward every name, report the ones that would be refused.
+    pub observe: bool,
+    /// The workload's cgroup id.
+    pub workload: u64,
+    /// The workload's policy slot.
+    pub slot: u64,
+    /// The policy's host rules.
+    pub hosts: Vec<HostEntry>,
+    /// Each rule's verdict code index, by rule index.
+    pub codes: Vec<u8>,
+    /// The signed permit id of each host rule, by rule index.
+    pub permit_ids: HashMap<u32, u64>,
+    /// The NET4_RULES, NET6_RULES and DNS_REDIRECT maps.
+    pub maps: [BpfMap; 3],
+    /// Where decisions go (the reporter and the audit trail).
+    pub reports: mpsc::Sender<DnsReport>,
+}
+
+/// The rule codes of a compiled policy, by rule index, for [`DnsConfig::codes`].
+pub fn rule_codes(compiled: &Compiled) -> Vec<u8> {
+    compiled.rules.iter().map(|r| r.code.index()).collect()
+}
+
+/// One decision of the resolver.
+#[derive(Debug, Clone)]
+pub struct DnsReport {
+    /// The name asked, normalised.
+    pub name: String,
+    /// The record type asked (`A`, `AAAA`, …).
+    pub qtype: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The deciding rule's index.
+    pub rule: Option<u32>,
+    /// The peer's process id when the transport tells it, else 0.
+    pub pid: u32,
+    /// Whether the query came over TCP.
+    pub tcp: bool,
+}
+
+/// What the resolver did with one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded; these addresses became kernel entries.
+    Permitted(Vec<IpAddr>),
+    /// Answered REFUSED.
+    Refused,
+    /// Observe mode: forwarded, but no rule allows the name.
+    Observed,
+    /// The upstream gave no answer in time: answered SERVFAIL.
+    UpstreamTimeout,
+    /// The upstream could not be reached or the entries could not be written: SERVFAIL.
+    Failed(String),
+}
+
+impl DnsReport {
+    /// The operator's line for this decision.
+    pub fn line(&self, rule_name: impl Fn(u32) -> Option<String>) -> String {
+        let rule = self
+            .rule
+            .and_then(rule_name)
+            .map(|r| format!(", rule {r}"))
+            .unwrap_or_default();
+        let over = if self.tcp { " over TCP" } else { "" };
+        let what = format!("resolve {} {}{over}", self.name, self.qtype);
+        match &self.outcome {
+            Outcome::Permitted(addrs) => {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                format!(
+                    "bridle: permitted {what} (PERMITTED{rule}) -> [{}]",
+                    list.join(", ")
+                )
+            }
+            Outcome::Refused => {
+                format!("bridle: refused {what} (NAME_NOT_ALLOWED{rule}; no permit rule names it)")
+            }
+            Outcome::Observed => format!(
+                "bridle: observed {what} (OBSERVED: would be refused, NAME_NOT_ALLOWED{rule})"
+            ),
+            Outcome::UpstreamTimeout => {
+                format!("bridle: warning: {what}: the upstream DNS server did not answer in time; answered SERVFAIL")
+            }
+            Outcome::Failed(why) => {
+                format!("bridle: warning: {what}: {why}; answered SERVFAIL")
+            }
+        }
+    }
+
+    /// The verdict code for the audit trail.
+    pub fn code(&self) -> Code {
+        match self.outcome {
+            Outcome::Permitted(_) => Code::Permitted,
+            Outcome::Refused => Code::NameNotAllowed,
+            Outcome::Observed => Code::Observed,
+            // No verdict refused the name; the answer failed. The audit record keeps the
+            // name's own verdict.
+            Outcome::UpstreamTimeout | Outcome::Failed(_) => Code::Permitted,
+        }
+    }
+}
+
+/// The first `nameserver` of resolv.conf text (port 53), if any.
+pub fn nameserver_of(resolv_conf: &str) -> Option<SocketAddr> {
+    resolv_conf.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        if words.next()? != "nameserver" {
+            return None;
+        }
+        // A scoped IPv6 address (fe80::1%eth0) keeps only the address part here.
+        let ip: IpAddr = words.next()?.split('%').next()?.parse().ok()?;
+        Some(SocketAddr::new(ip, bridle_common::DNS_PORT))
+    })
+}
+
+/// The system's upstream: the first `nameserver` of /etc/resolv.conf, else 127.0.0.1:53
+/// (what the C library does with none).
+pub fn system_upstream() -> SocketAddr {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .ok()
+        .as_deref()
+        .and_then(nameserver_of)
+        .unwrap_or(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            bridle_common::DNS_PORT,
+        ))
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    timeout: Duration,
+    ttl_min: Duration,
+    ttl_max: Duration,
+    observe: bool,
+    hosts: Vec<HostEntry>,
+    codes: Vec<u8>,
+    permit_ids: HashMap<u32, u64>,
+    permits: Permits,
+    reports: mpsc::Sender<DnsReport>,
+    stop: AtomicBool,
+    tcp_open: AtomicUsize,
+}
+
+/// The running resolver. Dropping it stops its threads and removes the workload's redirect.
+pub struct Resolver {
+    shared: Arc<Shared>,
+    redirect: DnsRedirect,
+    redirect_map: BpfMap,
+    workload: u64,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Resolver {
+    /// Binds the resolver on loopback, starts its threads and points the workload's DNS
+    /// traffic at it. The redirect is in the kernel when this returns.
+    pub fn start(config: DnsConfig) -> Result<Resolver> {
+        let [net4, net6, redirect_map] = config.maps;
+        let (sockets, redirect) = bind()?;
+        let shared = Arc::new(Shared {
+            upstream: config.upstream,
+            timeout: config.timeout,
+            ttl_min: config.ttl_min,
+            ttl_max: config.ttl_max.max(config.ttl_min),
+            observe: config.observe,
+            hosts: config.hosts,
+            codes: config.codes,
+            permit_ids: config.permit_ids,
+            permits: Permits::new(config.slot, net4, net6),
+            reports: config.reports,
+            stop: AtomicBool::new(false),
+            tcp_open: AtomicUsize::new(0),
+        });
+        let mut resolver = Resolver {
+            shared: Arc::clone(&shared),
+            redirect,
+            redirect_map,
+            workload: config.workload,
+            threads: Vec::new(),
+        };
+        let (tx, rx) =
+            std::sync::mpsc::sync_channel::<(Vec<u8>, SocketAddr, Arc<UdpSocket>)>(QUEUE);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..UDP_WORKERS {
+            let rx = Arc::clone(&rx);
+            let shared = Arc::clone(&shared);
+            resolver.spawn(&format!("bridle-dns-w{i}"), move || loop {
+                let job = {
+                    let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                    rx.recv()
+                };
+                let Ok((query, peer, sock)) = job else {
+                    return; // every receiver is gone
+                };
+                if let Some(reply) = shared.answer(&query, false, 0) {
+                    // A client that went away is not our failure.
+                    let _ = sock.send_to(&reply, peer);
+                }
+            })?;
+        }
+        for (udp, tcp) in sockets {
+            let udp = Arc::new(udp);
+            let tx = tx.clone();
+            let shared_udp = Arc::clone(&shared);
+            resolver.spawn("bridle-dns-udp", move || {
+                udp_receive(&shared_udp, udp, tx);
+            })?;
+            if let Some(tcp) = tcp {
+                let shared_tcp = Arc::clone(&shared);
+                resolver.spawn("bridle-dns-tcp", move || tcp_accept(&shared_tcp, tcp))?;
+            }
+        }
+        drop(tx);
+        resolver
+            .redirect_map
+            .update(
+                &resolver.workload,
+                &resolver.redirect,
+                crate::fanotify::bpfmap::BPF_ANY,
+            )
+            .context("pointing the workload's DNS traffic at the resolver")?;
+        Ok(resolver)
+    }
+
+    fn spawn(&mut self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        let handle = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(f)
+            .with_context(|| format!("starting thread {name}"))?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Drops DNS entries whose TTL has passed.
+    pub fn sweep(&self) -> Result<()> {
+        self.shared.permits.sweep()
+    }
+
+    /// After the policy's own entries were renewed: renews the copies the DNS entries carry.
+    pub fn restamp(&self, stamp: impl Fn(u32) -> Option<(u64, u64)>) -> Result<()> {
+        self.shared.permits.restamp(stamp)
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        let _ = self.redirect_map.delete(&self.workload);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+type Bound = (Vec<(UdpSocket, Option<TcpListener>)>, DnsRedirect);
+
+/// Binds UDP and TCP on one port of 127.0.0.1, and of ::1 when the host has IPv6.
+fn bind() -> Result<Bound> {
+    let mut last = None;
+    // The port comes from the kernel's ephemeral range for UDP; TCP may have it taken, so try
+    // a few times.
+    for _ in 0..16 {
+        let udp4 =
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the resolver (UDP)")?;
+        let port = udp4.local_addr()?.port();
+        let tcp4 = match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            Ok(t) => t,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let mut sockets = vec![(udp4, Some(tcp4))];
+        let mut ip6 = [0u8; 16];
+        if let (Ok(udp6), Ok(tcp6)) = (
+            UdpSocket::bind((Ipv6Addr::LOCALHOST, port)),
+            TcpListener::bind((Ipv6Addr::LOCALHOST, port)),
+        ) {
+            sockets.push((udp6, Some(tcp6)));
+            ip6 = Ipv6Addr::LOCALHOST.octets();
+        }
+        for (udp, tcp) in &sockets {
+            udp.set_read_timeout(Some(POLL))?;
+            if let Some(t) = tcp {
+                t.set_nonblocking(true)?;
+            }
+        }
+        let redirect = DnsRedirect {
+            ip4: Ipv4Addr::LOCALHOST.octets(),
+            ip6,
+            port,
+            _pad: 0,
+        };
+        return Ok((sockets, redirect));
+    }
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("no port")))
+    .context("binding the resolver (TCP) on the UDP socket's port")
+}
+
+type Job = (Vec<u8>, SocketAddr, Arc<UdpSocket>);
+
+fn udp_receive(shared: &Shared, sock: Arc<UdpSocket>, tx: mpsc::SyncSender<Job>) {
+    let mut buf = vec![0u8; 65535];
+    while !shared.stop.load(Ordering::SeqCst) {
+        match sock.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                // Full queue: drop, as a busy server would; the client retries.
+                let _ = tx.try_send((buf[..n].to_vec(), peer, Arc::clone(&sock)));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+fn tcp_accept(shared: &Arc<Shared>, listener: TcpListener) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if shared.tcp_open.fetch_add(1, Ordering::SeqCst) >= MAX_TCP {
+                    shared.tcp_open.fetch_sub(1, Ordering::SeqCst);
+                    continue; // dropping the stream closes it
+                }
+                let conn = Arc::clone(shared);
+                let spawned = std::thread::Builder::new()
+                    .name("bridle-dns-conn".to_owned())
+                    .spawn(move || {
+                        let _ = tcp_serve(&conn, stream);
+                        conn.tcp_open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    shared.tcp_open.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL / 4),
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Serves one TCP client: length-prefixed queries, one after another, until it closes or
+/// stays idle too long.
+fn tcp_serve(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(TCP_IDLE))?;
+    stream.set_write_timeout(Some(TCP_IDLE))?;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let Some(query) = upstream::read_frame(&mut stream)? else {
+            return Ok(());
+        };
+        if let Some(reply) = shared.answer(&query, true, 0) {
+            upstream::write_frame(&mut stream, &reply)?;
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// The resolver's answer to one query (None: drop it).
+    fn answer(&self, bytes: &[u8], tcp: bool, pid: u32) -> Option<Vec<u8>> {
+        let q: Question = match wire::read_query(bytes) {
+            Ok(q) => q,
+            Err(Malformed::Unanswerable) => return None,
+            Err(Malformed::Answer(id, code)) => return Some(wire::bare(id, code)),
+        };
+        let name = names::normalize(&q.query.name.to_ascii());
+        let verdict = names::judge(&self.hosts, &name);
+        let report = |outcome: Outcome| {
+            // The run loop may be gone at shutdown; the answer still goes out.
+            let _ = self.reports.send(DnsReport {
+                name: name.clone(),
+                qtype: q.query.query_type.to_string(),
+                outcome,
+                rule: verdict.rule,
+                pid,
+                tcp,
+            });
+        };
+        if !verdict.allowed && !self.observe {
+            report(Outcome::Refused);
+            return Some(wire::answer(&q, ResponseCode::Refused));
+        }
+        let servfail = || Some(wire::answer(&q, ResponseCode::ServFail));
+        let (mut reply, response) =
+            match upstream::exchange(self.upstream, bytes, &q.query, tcp, self.timeout) {
+                Ok(r) => r,
+                Err(upstream::Failure::Timeout) => {
+                    report(Outcome::UpstreamTimeout);
+                    return servfail();
+                }
+                Err(upstream::Failure::Io(e)) => {
+                    report(Outcome::Failed(format!("upstream {}: {e}", self.upstream)));
+                    return servfail();
+                }
+            };
+        let mut addrs = Vec::new();
+        if verdict.allowed {
+            // Every address is in the kernel before the answer leaves: the workload's first
+            // connect to it already meets its entry.
+            for (ip, ttl) in response.addresses(&q.query.name) {
+                if let Err(e) = self.install(ip, ttl, &verdict) {
+                    report(Outcome::Failed(format!(
+                        "installing the entry for {ip}: {e:#}"
+                    )));
+                    return servfail();
+                }
+                addrs.push(ip);
+            }
+            report(Outcome::Permitted(addrs));
+        } else {
+            report(Outcome::Observed);
+        }
+        wire::set_id(&mut reply, q.id);
+        Some(reply)
+    }
+
+    fn install(&self, ip: IpAddr, ttl: u32, verdict: &NameVerdict) -> Result<()> {
+        let ttl = Duration::from_secs(u64::from(ttl)).clamp(self.ttl_min, self.ttl_max);
+        let expires_ns = boot_now_ns() + ttl.as_nanos() as u64;
+        let rules: Vec<PortRule> = verdict
+            .grants
+            .iter()
+            .map(|g| PortRule {
+                lo: g.lo,
+                hi: g.hi,
+                _pad: 0,
+                decision: Decision {
+                    effect: if g.refuse {
+                        EFFECT_REFUSE
+                    } else {
+                        EFFECT_PERMIT
+                    },
+                    code: self
+                        .codes
+                        .get(g.rule as usize)
+                        .copied()
+                        .unwrap_or(Code::NoMatchingRule.index()),
+                    _pad: [0; 2],
+                    rule: g.rule,
+                    permit_id: self.permit_ids.get(&g.rule).copied().unwrap_or(0),
+                    expires_ns,
+                },
+            })
+            .collect();
+        let over = self.permits.install(ip, &rules)?;
+        if over > 0 {
+            eprintln!(
+                "bridle: warning: {ip}: {over} port rules from host names did not fit the kernel entry (at most {} per address); those ports stay refused",
+                bridle_common::PORT_RULES
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_nameserver_wins() {
+        let text = "# comment\nsearch example\nnameserver 127.0.0.53\nnameserver 1.1.1.1\n";
+        assert_eq!(
+            nameserver_of(text),
+            Some("127.0.0.53:53".parse().expect("addr"))
+        );
+        assert_eq!(
+            nameserver_of("nameserver fe80::1%eth0\n"),
+            Some("[fe80::1]:53".parse().expect("addr"))
+        );
+        assert_eq!(nameserver_of("options ndots:2\n"), None);
+    }
+}
