@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod kernels;
 mod setup;
 
 use anyhow::{bail, Context, Result};
@@ -37,7 +38,12 @@ enum Task {
     /// Confine a demo workload with the shipped default policy and show refusals live.
     Demo,
     /// fmt --check, clippy -D warnings, unit tests, then the root integration tests.
-    Test,
+    Test {
+        /// Instead: boot Debian's 6.1 and 6.12 kernels under qemu and run the exec suite on
+        /// the BPF LSM tier in each (installs qemu and busybox on first use).
+        #[arg(long)]
+        kernels: bool,
+    },
     /// Measure what bridle costs a workload against the bare kernel; writes target/bench/.
     Bench,
 }
@@ -49,7 +55,8 @@ fn main() {
         Task::Build => build().map(|_| ()),
         Task::Run { args } => build().and_then(|bin| run_bridle(&bin, &args)),
         Task::Demo => build().and_then(|bin| demo::run(&bin)),
-        Task::Test => test(),
+        Task::Test { kernels: false } => test(),
+        Task::Test { kernels: true } => setup::ensure().and_then(|()| kernels::run()),
         Task::Bench => build().and_then(|bin| bench::run(&bin)),
     };
     if let Err(err) = result {
