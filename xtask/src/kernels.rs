@@ -49,7 +49,7 @@ const KERNELS: &[Series] = &[
 ];
 
 /// The cases `bridle-guest` runs; a guest that reports fewer did not run them all.
-const GUEST_CASES: u32 = 4;
+const GUEST_CASES: u32 = 6;
 
 /// Upper bound for one guest, boot to power-off (a good run takes well under a minute).
 const GUEST_TIMEOUT_SECS: u32 = 180;
@@ -406,7 +406,9 @@ fn pack(bins: &Path, out: &Path) -> Result<()> {
     cpio.node("dev/null", 0o020666, 1, 3);
     cpio.file("init", 0o755, INIT.as_bytes().to_vec());
     cpio.file("bin/busybox", 0o755, read("/bin/busybox")?);
-    for applet in ["sh", "mount", "poweroff", "cat", "ls", "mkdir", "rm"] {
+    for applet in [
+        "sh", "mount", "umount", "poweroff", "cat", "ls", "mkdir", "rm", "cp", "mv",
+    ] {
         cpio.symlink(&format!("bin/{applet}"), "busybox");
     }
     for bin in ["bridle", "bridle-probe", "bridle-guest"] {
