@@ -39,7 +39,7 @@ fn main() {
             .unwrap_or_else(|e| format!("unreadable ({e})"))
             .trim()
     );
-    let cases: [(&str, fn() -> Result<(), String>); 6] = [
+    let cases: [(&str, Case); 6] = [
         ("tier-probe", tier_probe),
         ("path-fd-link-relative", path_fd_link_relative),
         ("symlink-bind-globs", symlink_bind_globs),
@@ -67,6 +67,9 @@ fn main() {
     println!("matrix: SUMMARY passed={passed} failed={failed} kernel={release}");
     std::process::exit(i32::from(failed != 0));
 }
+
+/// One case of the suite: `Err` carries what went wrong and what the workload printed.
+type Case = fn() -> Result<(), String>;
 
 /// A scratch directory with a permitted `ok/` subdirectory, removed on drop.
 struct Scene {
