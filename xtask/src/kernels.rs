@@ -348,6 +348,10 @@ fn boot(dir: &Path, k: &Kernel, initrd: &Path) -> Result<Booted> {
         if line.starts_with("matrix: ") {
             in_failure = line.starts_with("matrix: FAIL ");
             println!("  [{}] {line}", k.label);
+        } else if line.starts_with("  | ") || line.starts_with("  ! ") {
+            // The next case's workload output (the guest prints it before the verdict): the
+            // failure's own details, which carry the output too, have ended.
+            in_failure = false;
         } else if in_failure {
             println!("  [{}]   {line}", k.label);
         }
