@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod install;
+mod kernels;
 mod setup;
 
 use anyhow::{bail, Context, Result};
@@ -38,7 +39,12 @@ enum Task {
     /// Confine a demo workload with the shipped default policy and show refusals live.
     Demo,
     /// fmt --check, clippy -D warnings, unit tests, then the root integration tests.
-    Test,
+    Test {
+        /// Instead: boot Debian's 6.1 and 6.12 kernels under qemu and run the exec suite on
+        /// the BPF LSM tier in each (installs qemu and busybox on first use).
+        #[arg(long)]
+        kernels: bool,
+    },
     /// Install the binary, the systemd unit, a default configuration and the policies.
     Install {
         /// Install under this directory instead of the running system.
@@ -57,7 +63,8 @@ fn main() {
         Task::Run { args } => build().and_then(|bin| run_bridle(&bin, &args)),
         Task::Demo => build().and_then(|bin| demo::run(&bin)),
         Task::Install { root } => build().and_then(|bin| install::run(&bin, &root)),
-        Task::Test => test(),
+        Task::Test { kernels: false } => test(),
+        Task::Test { kernels: true } => setup::ensure().and_then(|()| kernels::run()),
         Task::Bench => build().and_then(|bin| bench::run(&bin)),
     };
     if let Err(err) = result {

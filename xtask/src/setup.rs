@@ -19,6 +19,49 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
 ];
 
+/// What only the kernel matrix (`cargo xtask test --kernels`) needs, installed on its first
+/// use so that the other tasks never need an emulator.
+const MATRIX_APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+
+/// The Rust target the matrix builds its static guest binaries for.
+pub const MATRIX_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Installs what the kernel matrix needs and is missing: qemu, a static busybox and the musl
+/// target for the default toolchain.
+pub fn ensure_kernel_matrix() -> Result<()> {
+    let apt: Vec<&str> = MATRIX_APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if !apt.is_empty() {
+        if !is_debian_like() {
+            bail!("install these yourself, then run again: {}", apt.join(" "));
+        }
+        println!("xtask setup: installing apt packages: {}", apt.join(" "));
+        crate::run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&apt)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == MATRIX_TARGET)
+        })
+        .unwrap_or(false);
+    if !installed {
+        println!("xtask setup: adding the {MATRIX_TARGET} target");
+        crate::run_cmd(Command::new("rustup").args(["target", "add", MATRIX_TARGET]))?;
+    }
+    Ok(())
+}
+
 /// PATH with cargo's bin directory and LLVM 22 in front, as bpf-linker's build and use need.
 pub fn tool_path() -> OsString {
     let mut parts: Vec<PathBuf> = vec![cargo_bin(), PathBuf::from("/usr/lib/llvm-22/bin")];
