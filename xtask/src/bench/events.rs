@@ -94,8 +94,8 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "events",
         "Each event is a permitted UDP connect; the ring buffer holds 1 MiB (about 2,800 \
          events) and `bridle run` drains it every 50 ms or on a refusal, appending each event \
-         to the hash-chained audit trail. `bridle status` does not exist yet; the counter is \
-         the one `bridle run` prints.",
+         to the hash-chained audit trail. The counter is the one `bridle run` prints (the \
+         daemon's is in `bridle status`).",
     );
     report.add(achieved.into_iter().chain(lost).collect::<Vec<_>>());
     Ok(())

@@ -160,9 +160,9 @@ pub fn run(bin: &Path) -> Result<()> {
     }
     report.note(
         "reload",
-        "Reload latency of a 10,000-rule policy and daemon resident memory: not measured, \
-         because the daemon (`bridle daemon`, which holds a policy and reloads it) does not \
-         exist yet; `bridle run` loads one policy once. Its start-up time and memory are above.",
+        "Reload latency of a 10,000-rule policy and daemon resident memory: not measured yet; \
+         the benchmark does not drive `bridle daemon` so far. `bridle run`'s start-up time and \
+         memory are above.",
     );
     let md = report.markdown(started.elapsed());
     fs::write(out_dir.join("report.md"), &md)?;
