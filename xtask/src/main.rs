@@ -81,11 +81,14 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Runs a command in the workspace root, failing with its name when it fails.
+/// Runs a command (in the workspace root unless the caller chose a directory), failing with its
+/// name when it fails.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     let shown = format!("{cmd:?}");
     let status = cmd
-        .current_dir(root())
         .status()
         .with_context(|| format!("running {shown}"))?;
     if !status.success() {
