@@ -88,9 +88,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
         cmd.current_dir(root());
     }
     let shown = format!("{cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {shown}"))?;
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
