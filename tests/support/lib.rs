@@ -7,17 +7,21 @@ use std::path::PathBuf;
 
 /// Path of the `bridle` binary under test.
 pub fn bridle_bin() -> PathBuf {
+    find_bridle_bin().unwrap_or_else(|| {
+        panic!("no bridle binary: run `cargo xtask test`, or build it and set BRIDLE_BIN")
+    })
+}
+
+/// The `bridle` binary under test, if one can be found.
+fn find_bridle_bin() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("BRIDLE_BIN") {
-        return PathBuf::from(bin);
+        return Some(PathBuf::from(bin));
     }
     let target = workspace_root().join("target");
-    for profile in ["release", "debug"] {
-        let candidate = target.join(profile).join("bridle");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("no bridle binary: run `cargo xtask test`, or build it and set BRIDLE_BIN");
+    ["release", "debug"]
+        .into_iter()
+        .map(|profile| target.join(profile).join("bridle"))
+        .find(|candidate| candidate.is_file())
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -128,7 +132,9 @@ pub fn cgroup2_root() -> PathBuf {
 /// cgroups that `bridle run` created and that still exist, except those of a live `bridle`
 /// that is not the binary under test (another checkout's run on a shared machine).
 pub fn leftover_run_cgroups() -> Vec<PathBuf> {
-    let ours = std::fs::canonicalize(bridle_bin()).ok();
+    // Where the binary under test is unknown (a test guest with nothing else running), every
+    // live bridle's cgroup counts.
+    let ours = find_bridle_bin().and_then(|b| std::fs::canonicalize(b).ok());
     std::fs::read_dir(cgroup2_root())
         .expect("list cgroup root")
         .flatten()
@@ -144,7 +150,7 @@ pub fn leftover_run_cgroups() -> Vec<PathBuf> {
             match std::fs::read_link(format!("/proc/{pid}/exe")) {
                 // Its creator is gone: a leftover, whoever made it.
                 Err(_) => true,
-                Ok(exe) => Some(exe) == ours,
+                Ok(exe) => ours.as_ref().is_none_or(|o| *o == exe),
             }
         })
         .collect()
