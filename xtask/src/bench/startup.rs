@@ -82,8 +82,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
          statement of the workload's `main` (both CLOCK_MONOTONIC); bridle loads and attaches \
          its programs, compiles the policy, signs one permit per rule and fills the maps before \
          the workload may run. Memory: VmHWM of the bridle process while the workload runs. \
-         Time-to-enforce and memory of the daemon proper are not measurable until the daemon \
-         exists.",
+         The daemon's own time-to-enforce and memory are not measured here yet.",
     );
     Ok(())
 }
