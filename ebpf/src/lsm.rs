@@ -15,12 +15,9 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{LsmContext, RawTracePointContext},
 };
-use bridle_common::{
-    code, Decision, ExecKey, EFFECT_PERMIT, EFFECT_REFUSE, EVENT_EXEC, EVENT_OBSERVED, STAT_JUDGED,
-    STAT_REFUSED, WORKLOAD_ANON_EXEC,
-};
+use bridle_common::{Decision, EFFECT_PERMIT, EVENT_OBSERVED, STAT_JUDGED, STAT_REFUSED};
 
-use crate::{bridle_read_exec_file, count, emit, judge, live, ExecFile, EXEC_RULES};
+use crate::{count, emit_exec, judge, judge_exec, ExecFile};
 
 const EPERM: i32 = 1;
 
@@ -47,53 +44,8 @@ pub fn exec_lsm(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let mut file = ExecFile {
-        dev: 0,
-        ino: 0,
-        filename: 0,
-        nlink: 0,
-        _pad: 0,
-    };
-    let mut read = false;
-    let mut read_failed = false;
-    let j = judge(|slot, w, now| {
-        if !read {
-            read = true;
-            // SAFETY: `bprm` comes from the hook; the accessor only probe-reads it.
-            read_failed = unsafe { bridle_read_exec_file(bprm, &mut file) } != 0;
-        }
-        if read_failed {
-            // Unknown file: fail closed.
-            return Decision {
-                effect: EFFECT_REFUSE,
-                code: code::NO_MATCHING_RULE,
-                rule: u32::MAX,
-                ..Decision::default()
-            };
-        }
-        let key = ExecKey {
-            slot,
-            dev: file.dev,
-            ino: file.ino,
-        };
-        // SAFETY: values are written whole by user space and never mutated here.
-        let entry = unsafe { EXEC_RULES.get(&key) };
-        if file.nlink == 0 && entry.is_none() {
-            // A memfd or a deleted file: no rule can name it, the policy's switch decides.
-            let effect = if w.flags & WORKLOAD_ANON_EXEC != 0 {
-                EFFECT_PERMIT
-            } else {
-                EFFECT_REFUSE
-            };
-            return Decision {
-                effect,
-                code: code::ANONYMOUS_EXEC,
-                rule: u32::MAX,
-                ..Decision::default()
-            };
-        }
-        live(entry, w.exec_default, now)
-    });
+    let mut file = ExecFile::default();
+    let j = judge_exec(bprm, &mut file);
     if !j.found {
         return 0;
     }
@@ -106,19 +58,7 @@ pub fn exec_lsm(ctx: LsmContext) -> i32 {
             flags = EVENT_OBSERVED;
         }
     }
-    emit(&j, EVENT_EXEC, flags, |ev| {
-        ev.dev = file.dev;
-        ev.ino = file.ino;
-        if file.filename != 0 {
-            // SAFETY: a probe read of a kernel string into the event's own buffer.
-            let _ = unsafe {
-                aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(
-                    file.filename as *const u8,
-                    &mut ev.path,
-                )
-            };
-        }
-    });
+    emit_exec(&j, &file, flags);
     if refused && !j.observe {
         -EPERM
     } else {

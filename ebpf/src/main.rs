@@ -67,6 +67,7 @@ unsafe extern "C" {
 
 /// Mirrors `struct bridle_exec_file` in core.c.
 #[repr(C)]
+#[derive(Default)]
 struct ExecFile {
     dev: u64,
     ino: u64,
@@ -184,29 +185,20 @@ fn emit(j: &Judgement, kind: u8, flags: u8, fill: impl FnOnce(&mut Event)) {
     slot.submit(wake as u64);
 }
 
-/// Kill-on-exec tier: judges every exec of a confined task after the point of no return and
-/// sends SIGKILL for a refusal, so the new image never runs an instruction.
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
-    // The tracepoint's third argument is the `struct linux_binprm *`.
-    let bprm: *const u8 = ctx.arg(2);
-    let mut file = ExecFile {
-        dev: 0,
-        ino: 0,
-        filename: 0,
-        nlink: 0,
-        _pad: 0,
-    };
+/// Reads the file `bprm` executes and judges it for every workload of the current task. A
+/// file that cannot be read is refused (fail closed); a memfd or deleted file that no entry
+/// names meets the workload's `allow_anonymous_exec` switch.
+#[inline(always)]
+pub(crate) fn judge_exec(bprm: *const u8, file: &mut ExecFile) -> Judgement {
     let mut read = false;
     let mut read_failed = false;
-    let j = judge(|slot, w, now| {
+    judge(|slot, w, now| {
         if !read {
             read = true;
-            // SAFETY: `bprm` comes from the tracepoint; the accessor only probe-reads it.
-            read_failed = unsafe { bridle_read_exec_file(bprm, &mut file) } != 0;
+            // SAFETY: `bprm` comes from the hook; the accessor only probe-reads it.
+            read_failed = unsafe { bridle_read_exec_file(bprm, file) } != 0;
         }
         if read_failed {
-            // Unknown file: fail closed.
             return Decision {
                 effect: EFFECT_REFUSE,
                 code: code::NO_MATCHING_RULE,
@@ -219,10 +211,9 @@ pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
             dev: file.dev,
             ino: file.ino,
         };
-        // SAFETY: see WORKLOADS.
+        // SAFETY: values are written whole by user space and never mutated here.
         let entry = unsafe { EXEC_RULES.get(&key) };
         if file.nlink == 0 && entry.is_none() {
-            // A memfd or a deleted file: no rule can name it, the policy's switch decides.
             return Decision {
                 effect: if w.flags & WORKLOAD_ANON_EXEC != 0 {
                     EFFECT_PERMIT
@@ -235,7 +226,32 @@ pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
             };
         }
         live(entry, w.exec_default, now)
+    })
+}
+
+/// Reports an exec decision with the file's identity and the path given to execve.
+#[inline(always)]
+pub(crate) fn emit_exec(j: &Judgement, file: &ExecFile, flags: u8) {
+    emit(j, EVENT_EXEC, flags, |ev| {
+        ev.dev = file.dev;
+        ev.ino = file.ino;
+        if file.filename != 0 {
+            // SAFETY: a probe read of a kernel string into the event's own buffer.
+            let _ = unsafe {
+                bpf_probe_read_kernel_str_bytes(file.filename as *const u8, &mut ev.path)
+            };
+        }
     });
+}
+
+/// Kill-on-exec tier: judges every exec of a confined task after the point of no return and
+/// sends SIGKILL for a refusal, so the new image never runs an instruction.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
+    // The tracepoint's third argument is the `struct linux_binprm *`.
+    let bprm: *const u8 = ctx.arg(2);
+    let mut file = ExecFile::default();
+    let j = judge_exec(bprm, &mut file);
     if !j.found {
         return 0;
     }
@@ -251,16 +267,7 @@ pub fn exec_guard(ctx: RawTracePointContext) -> i32 {
             flags = EVENT_KILLED;
         }
     }
-    emit(&j, EVENT_EXEC, flags, |ev| {
-        ev.dev = file.dev;
-        ev.ino = file.ino;
-        if file.filename != 0 {
-            // SAFETY: a probe read of a kernel string into the event's own buffer.
-            let _ = unsafe {
-                bpf_probe_read_kernel_str_bytes(file.filename as *const u8, &mut ev.path)
-            };
-        }
-    });
+    emit_exec(&j, &file, flags);
     0
 }
 
