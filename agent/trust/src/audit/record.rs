@@ -89,6 +89,17 @@ struct CanonicalRecord<'a> {
 impl AuditRecord {
     /// Builds the record that follows `prev_hash` and computes its hash.
     pub fn new(fields: RecordFields, seq: u64, time: u64, prev_hash: String) -> AuditRecord {
+        AuditRecord::with_scratch(fields, seq, time, prev_hash, &mut Vec::new())
+    }
+
+    /// [`AuditRecord::new`], hashing through `scratch` so a writer's hot path does not allocate.
+    pub fn with_scratch(
+        fields: RecordFields,
+        seq: u64,
+        time: u64,
+        prev_hash: String,
+        scratch: &mut Vec<u8>,
+    ) -> AuditRecord {
         let mut record = AuditRecord {
             seq,
             time,
@@ -105,7 +116,7 @@ impl AuditRecord {
             prev_hash,
             hash: String::new(),
         };
-        record.hash = record.compute_hash(&mut Vec::new());
+        record.hash = record.compute_hash(scratch);
         record
     }
 

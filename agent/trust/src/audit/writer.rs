@@ -132,23 +132,8 @@ impl AuditWriter {
     pub fn append(&mut self, fields: RecordFields) -> Result<u64, AuditError> {
         let time = self.clock.now_ns();
         let seq = self.next_seq;
-        let mut record = AuditRecord {
-            seq,
-            time,
-            workload: fields.workload,
-            pid: fields.pid,
-            uid: fields.uid,
-            comm: fields.comm,
-            action: fields.action,
-            object: fields.object,
-            effect: fields.effect,
-            code: fields.code,
-            rule: fields.rule,
-            permit_id: fields.permit_id,
-            prev_hash: std::mem::take(&mut self.head),
-            hash: String::new(),
-        };
-        record.hash = record.compute_hash(&mut self.scratch);
+        let prev_hash = std::mem::take(&mut self.head);
+        let record = AuditRecord::with_scratch(fields, seq, time, prev_hash, &mut self.scratch);
         self.push_line(&EntryRef::Record(&record))?;
         self.head = record.hash;
         self.next_seq += 1;
