@@ -366,7 +366,7 @@ fn start_resolver(
         .iter()
         .filter_map(|h| Some((h.rule.0, issuer.stamp(h.rule.0)?.0)))
         .collect();
-    let map = |name: &str| enforcer.shared_map_fd(name).map(BpfMap::new);
+    let map = |name: &str| enforcer.map_fd(name).map(BpfMap::new);
     Resolver::start(DnsConfig {
         upstream,
         timeout: Duration::from_millis(args.dns_timeout),

@@ -131,11 +131,7 @@ impl Enforcer {
         let exec_link = exec
             .attach(EXEC_TRACEPOINT)
             .with_context(|| format!("attaching the exec hook to {EXEC_TRACEPOINT}"))?;
-        for name in ["connect4", "connect6"] {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load()
-                .with_context(|| format!("loading the {name} cgroup program"))?;
-        }
+        load_sock_addr(&mut ebpf, &CONNECT_PROGRAMS)?;
         net::load(&mut ebpf)?;
         dns::load(&mut ebpf)?;
         Ok(Enforcer {
@@ -152,17 +148,7 @@ impl Enforcer {
     /// live as long as this `Enforcer`, unless [`pins`] pins them.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<Vec<CgroupLink>> {
         let dir = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
-        let mut links = Vec::new();
-        for name in ["connect4", "connect6"] {
-            let prog: &mut CgroupSockAddr = program(&mut self.objects, name)?;
-            // aya attaches through a bpf_link, which always coexists with other links at the
-            // same cgroup and its ancestors (a daemon's programs and a nested `bridle run`);
-            // the kernel rejects any attach flag on a cgroup link, so none is passed.
-            let id = prog
-                .attach(&dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
-            links.push(CgroupLink::SockAddr(name, id));
-        }
+        let mut links = attach_sock_addr(&mut self.objects, &CONNECT_PROGRAMS, &dir, cgroup)?;
         links.extend(net::attach(&mut self.objects, &dir, cgroup)?);
         links.extend(dns::attach(&mut self.objects, &dir, cgroup)?);
         Ok(links)
@@ -280,6 +266,21 @@ impl Enforcer {
         }
     }
 
+    /// A second descriptor of one of the object's hash maps or LPM tries, for a thread that
+    /// writes or reads entries without the loader's borrow (the fanotify tier, the resolver).
+    pub fn map_fd(&self, name: &str) -> Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        let data: &MapData = match self.objects.map(name) {
+            Some(Map::HashMap(data) | Map::LruHashMap(data) | Map::LpmTrie(data)) => data,
+            Some(_) => anyhow::bail!("map {name} is neither a hash map nor an LPM trie"),
+            None => anyhow::bail!("the eBPF object has no map {name}"),
+        };
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("duplicating the fd of map {name}"))
+    }
+
     /// Takes the event ring buffer (once).
     pub fn take_events(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
         let map = self
@@ -305,6 +306,40 @@ impl Enforcer {
             refused: sums[bridle_common::STAT_REFUSED as usize],
         })
     }
+}
+
+/// The sock_addr programs judging connects.
+const CONNECT_PROGRAMS: [&str; 2] = ["connect4", "connect6"];
+
+/// Loads cgroup sock_addr programs by name.
+fn load_sock_addr(ebpf: &mut Ebpf, names: &[&str]) -> Result<()> {
+    for name in names {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load()
+            .with_context(|| format!("loading the {name} cgroup program"))?;
+    }
+    Ok(())
+}
+
+/// Attaches cgroup sock_addr programs by name at the cgroup open as `dir`.
+fn attach_sock_addr(
+    source: &mut impl Programs,
+    names: &[&'static str],
+    dir: &File,
+    cgroup: &Path,
+) -> Result<Vec<CgroupLink>> {
+    let mut links = Vec::new();
+    for name in names {
+        let prog: &mut CgroupSockAddr = program(source, name)?;
+        // aya attaches through a bpf_link, which always coexists with other links at the same
+        // cgroup and its ancestors (a daemon's programs and a nested `bridle run`); the kernel
+        // rejects any attach flag on a cgroup link, so none is passed.
+        let id = prog
+            .attach(dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
+        links.push(CgroupLink::SockAddr(name, id));
+    }
+    Ok(links)
 }
 
 /// A cgroup link this process attached, to pin or to let go with the `Enforcer`.

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use aya::{
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
+    programs::{CgroupAttachMode, CgroupSock},
     Ebpf,
 };
 use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE};
@@ -28,11 +28,7 @@ pub const UNIX_NOT_ENFORCED: &str = "unix-socket rules are not enforced: this bu
 
 /// Loads the sendmsg and sock_create programs.
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<()> {
-    for name in SENDMSG_PROGRAMS {
-        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-        prog.load()
-            .with_context(|| format!("loading the {name} cgroup program"))?;
-    }
+    super::load_sock_addr(ebpf, &SENDMSG_PROGRAMS)?;
     let prog: &mut CgroupSock = program(ebpf, SOCK_CREATE)?;
     prog.load()
         .context("loading the sock_create cgroup program")?;
@@ -45,15 +41,7 @@ pub(super) fn attach(
     dir: &File,
     cgroup: &Path,
 ) -> Result<Vec<CgroupLink>> {
-    let mut links = Vec::new();
-    for name in SENDMSG_PROGRAMS {
-        let prog: &mut CgroupSockAddr = program(source, name)?;
-        // See attach_cgroup: links coexist, so no attach flag is passed.
-        let id = prog
-            .attach(dir, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} at {}", cgroup.display()))?;
-        links.push(CgroupLink::SockAddr(name, id));
-    }
+    let mut links = super::attach_sock_addr(source, &SENDMSG_PROGRAMS, dir, cgroup)?;
     let prog: &mut CgroupSock = program(source, SOCK_CREATE)?;
     let id = prog
         .attach(dir, CgroupAttachMode::Single)

@@ -7,9 +7,8 @@
 //! - **kill**: the `sched_process_exec` raw tracepoint, always loaded as the backstop.
 
 use super::{program, Enforcer, OBJECT};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Map, MapData},
     programs::{Lsm, RawTracePoint},
     Btf, Ebpf,
 };
@@ -197,22 +196,6 @@ impl Enforcer {
                 Ok(())
             }
         }
-    }
-
-    /// A second descriptor of one of the object's hash maps, for a thread of its own.
-    pub fn map_fd(&self, name: &str) -> Result<OwnedFd> {
-        let map = self
-            .objects
-            .map(name)
-            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
-        let data: &MapData = match map {
-            Map::HashMap(data) | Map::LruHashMap(data) => data,
-            _ => bail!("map {name} is not a hash map"),
-        };
-        data.fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .with_context(|| format!("duplicating the fd of map {name}"))
     }
 }
 
