@@ -372,3 +372,82 @@ fn fanotify_tier_a_burst_completes_and_outsiders_are_unaffected() {
     );
     assert_clean("after the burst");
 }
+
+#[test]
+fn a_replaced_binary_keeps_the_rule_of_its_path() {
+    require_root();
+    let _k = kernel_lock();
+    for tier in tiers() {
+        let scene = Scene::new();
+        let dir = scene.dir.path().to_path_buf();
+        let r = refused_status(&tier);
+
+        // Refusals by path: the binary a package upgrade replaces (a new inode renamed over
+        // the old one), and one installed later at a path a rule names.
+        fs::copy("/usr/bin/touch", scene.path("tool")).expect("copy");
+        let policy = scene.path("replace.toml");
+        fs::write(
+            &policy,
+            format!(
+                r#"
+name = "exec-replace"
+default = "permit"
+
+[[rule]]
+name = "no-tool"
+effect = "refuse"
+exec = ["{dir}/tool", "{dir}/later"]
+"#,
+                dir = dir.display()
+            ),
+        )
+        .expect("write policy");
+        let script = format!(
+            r#"
+"$PROBE" exec path {dir}/tool {dir}/m1; echo before=$?
+cp /usr/bin/touch {dir}/tool.new && mv {dir}/tool.new {dir}/tool && echo swapped
+"$PROBE" exec path {dir}/tool {dir}/m2; echo replaced=$?
+cp /usr/bin/touch {dir}/later && echo installed
+"$PROBE" exec path {dir}/later {dir}/m3; echo later=$?
+"$PROBE" exec path /usr/bin/touch {dir}/ran-other; echo other=$?
+"#,
+            dir = dir.display()
+        );
+        let f = run(&tier, &policy, &script);
+        let ctx = format!("tier {tier}, refusing by path\n{}", show(&f));
+        assert!(
+            f.stdout.contains("swapped") && f.stdout.contains("installed"),
+            "{ctx}"
+        );
+        for name in ["before", "replaced", "later"] {
+            saw(&f, name, r);
+        }
+        saw(&f, "other", "0");
+        assert!(scene.path("ran-other").exists(), "{ctx}");
+        for m in 1..=3 {
+            assert!(
+                !scene.path(&format!("m{m}")).exists(),
+                "refused exec m{m} ran\n{ctx}"
+            );
+        }
+
+        // A permit by path under a refusing default: the upgraded binary still runs.
+        fs::copy("/usr/bin/echo", scene.path("ok/echo2")).expect("copy");
+        let policy = scene.policy("", "");
+        let script = format!(
+            r#"
+"$PROBE" exec path {dir}/ok/echo2 ran-before; echo before=$?
+cp /usr/bin/echo {dir}/echo2.new && mv {dir}/echo2.new {dir}/ok/echo2 && echo swapped
+"$PROBE" exec path {dir}/ok/echo2 ran-replaced; echo replaced=$?
+"#,
+            dir = dir.display()
+        );
+        let f = run(&tier, &policy, &script);
+        let ctx = format!("tier {tier}, permitting by path\n{}", show(&f));
+        assert!(f.stdout.contains("swapped"), "{ctx}");
+        saw(&f, "before", "0");
+        saw(&f, "replaced", "0");
+        assert!(f.stdout.contains("ran-replaced"), "{ctx}");
+        assert_clean(&format!("tier {tier}"));
+    }
+}

@@ -424,17 +424,20 @@ fn loader_memfd_deleted() -> Result<(), String> {
     no_leftovers()
 }
 
-/// A refused binary replaced the way a package upgrade does it (a new file renamed over the
-/// old path, so a new inode) while the workload runs is still refused. On the LSM tier the new
-/// inode has no entry of its own: it meets the policy's `default`, which refuses here.
+/// A binary replaced the way a package upgrade does it (a new file renamed over the old
+/// path, so a new inode) while the workload runs keeps the rule of its path: the kernel finds
+/// it by place (directory and name). Refused under a permitting default, permitted under a
+/// refusing one; a path a rule names that holds no file yet is refused once installed.
 fn replaced_binary() -> Result<(), String> {
     let scene = Scene::new("upgrade");
+    std::fs::copy("/usr/bin/echo", scene.path("ok/echo2")).map_err(|e| e.to_string())?;
     let policy = scene.policy("", "");
     let script = format!(
         r#"
 /bin/cp /usr/bin/touch /usr/bin/touch.new && /bin/mv /usr/bin/touch.new /usr/bin/touch; echo replaced=$?
 /usr/bin/touch {dir}/m1; echo after-upgrade=$?
-/usr/bin/echo ran-echo; echo echo=$?
+/bin/cp /usr/bin/echo {dir}/echo2.new && /bin/mv {dir}/echo2.new {dir}/ok/echo2; echo replaced-ok=$?
+{dir}/ok/echo2 ran-echo2; echo echo2=$?
 "#,
         dir = scene.dir.display()
     );
@@ -446,7 +449,43 @@ fn replaced_binary() -> Result<(), String> {
         !scene.path("m1").exists(),
         "the replaced refused binary ran",
     );
-    c.saw("echo", "0");
+    c.saw("replaced-ok", "0");
+    c.saw("echo2", "0");
+    c.stdout_has("ran-echo2");
+    c.done()?;
+
+    let permissive = scene.path("permissive.toml");
+    let text = format!(
+        r#"
+name = "exec-replace"
+default = "permit"
+
+[[rule]]
+name = "no-tool"
+effect = "refuse"
+exec = ["{dir}/tool", "{dir}/later"]
+"#,
+        dir = scene.dir.display()
+    );
+    fs::write(&permissive, text).map_err(|e| e.to_string())?;
+    fs::copy("/usr/bin/echo", scene.path("tool")).map_err(|e| e.to_string())?;
+    let script = format!(
+        r#"
+/bin/cp /usr/bin/echo {dir}/tool.new && /bin/mv {dir}/tool.new {dir}/tool; echo swapped=$?
+{dir}/tool ran-tool; echo tool=$?
+/bin/cp /usr/bin/echo {dir}/later; echo installed=$?
+{dir}/later ran-later; echo later=$?
+"#,
+        dir = scene.dir.display()
+    );
+    let f = run(&permissive, &script);
+    let mut c = Checks::new(&f);
+    c.saw("swapped", "0");
+    c.saw("tool", "126");
+    c.saw("installed", "0");
+    c.saw("later", "126");
+    c.stdout_lacks("ran-tool");
+    c.stdout_lacks("ran-later");
     c.done()?;
     no_leftovers()
 }

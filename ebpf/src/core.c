@@ -18,7 +18,29 @@ struct inode {
 	struct super_block *i_sb;
 } __attribute__((preserve_access_index));
 
+struct qstr {
+	union {
+		struct {
+			u32 hash;
+			u32 len;
+		};
+		u64 hash_len;
+	};
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+	struct inode *d_inode;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
 struct file {
+	struct path f_path;
 	struct inode *f_inode;
 } __attribute__((preserve_access_index));
 
@@ -28,6 +50,7 @@ struct linux_binprm {
 } __attribute__((preserve_access_index));
 
 static long (*bpf_probe_read_kernel)(void *dst, u32 size, const void *unsafe_ptr) = (void *)113;
+static long (*bpf_probe_read_kernel_str)(void *dst, u32 size, const void *unsafe_ptr) = (void *)115;
 
 #define READ_KERNEL(dst, src) \
 	bpf_probe_read_kernel(&(dst), sizeof(dst), __builtin_preserve_access_index(&(src)))
@@ -73,6 +96,61 @@ __attribute__((always_inline)) int bridle_read_exec_file(const struct linux_binp
 	out->filename = (u64)filename;
 	out->nlink = nlink;
 	out->_pad = 0;
+	return 0;
+}
+
+#define PLACE_NAME_LEN 64
+
+// Where the executed file sits (mirrors ExecPlace in bridle-common).
+struct bridle_exec_place {
+	u64 dir_dev;
+	u64 dir_ino;
+	u32 name_len;
+	u32 _pad;
+	char name[PLACE_NAME_LEN];
+};
+
+// Fills `out` (zeroed by the caller) with the directory and name of the file `bprm` executes,
+// as reached through the path it was opened by; returns 0, or a negative errno when a read
+// faults.
+__attribute__((always_inline)) int bridle_read_exec_place(const struct linux_binprm *bprm,
+							   struct bridle_exec_place *out)
+{
+	struct file *file = 0;
+	struct dentry *dentry = 0;
+	struct dentry *parent = 0;
+	struct inode *dir = 0;
+	struct super_block *sb = 0;
+	const unsigned char *name = 0;
+	unsigned long ino = 0;
+	u32 len = 0;
+	u32 dev = 0;
+	long err;
+
+	if ((err = READ_KERNEL(file, bprm->file)))
+		return err;
+	if ((err = READ_KERNEL(dentry, file->f_path.dentry)))
+		return err;
+	if ((err = READ_KERNEL(parent, dentry->d_parent)))
+		return err;
+	if ((err = READ_KERNEL(len, dentry->d_name.len)))
+		return err;
+	if ((err = READ_KERNEL(name, dentry->d_name.name)))
+		return err;
+	if ((err = READ_KERNEL(dir, parent->d_inode)))
+		return err;
+	if ((err = READ_KERNEL(ino, dir->i_ino)))
+		return err;
+	if ((err = READ_KERNEL(sb, dir->i_sb)))
+		return err;
+	if ((err = READ_KERNEL(dev, sb->s_dev)))
+		return err;
+	err = bpf_probe_read_kernel_str(out->name, PLACE_NAME_LEN, name);
+	if (err < 0)
+		return err;
+	out->dir_dev = dev;
+	out->dir_ino = ino;
+	out->name_len = len;
 	return 0;
 }
 

@@ -24,10 +24,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SockAddrContext},
 };
 use bridle_common::{
-    code, Decision, Event, ExecKey, Net4Key, Net6Key, PortRules, Workload, COMM_LEN, EFFECT_PERMIT,
-    EFFECT_REFUSE, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED,
-    MAX_CGROUP_DEPTH, PORT_RULES, STAT_COUNT, STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED,
-    WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
+    code, Decision, Event, ExecKey, ExecPlace, ExecPlaceKey, Net4Key, Net6Key, PortRules, Workload,
+    COMM_LEN, EFFECT_NONE, EFFECT_PERMIT, EFFECT_REFUSE, EVENT_CONNECT4, EVENT_CONNECT6,
+    EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED, MAX_CGROUP_DEPTH, PORT_RULES, STAT_COUNT,
+    STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
 };
 
 const SIGKILL: u32 = 9;
@@ -42,6 +42,12 @@ static WORKLOADS: HashMap<u64, Workload> = HashMap::with_max_entries(4096, 0);
 /// Exec decisions by (policy slot, device, inode).
 #[map]
 static EXEC_RULES: HashMap<ExecKey, Decision> =
+    HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+
+/// Exec decisions by (policy slot, directory, name): the path rules, still found when a
+/// file is replaced by a new inode at the same path.
+#[map]
+static EXEC_PLACES: HashMap<ExecPlaceKey, Decision> =
     HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
 /// IPv4 connect decisions by (policy slot, address prefix).
@@ -63,6 +69,8 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 unsafe extern "C" {
     /// Reads the executed file's identity from a `struct linux_binprm` (CO-RE, see core.c).
     fn bridle_read_exec_file(bprm: *const u8, out: *mut ExecFile) -> i32;
+    /// Reads the executed file's directory and name (CO-RE, see core.c).
+    fn bridle_read_exec_place(bprm: *const u8, out: *mut ExecPlace) -> i32;
 }
 
 /// Mirrors `struct bridle_exec_file` in core.c.
@@ -188,32 +196,40 @@ fn emit(j: &Judgement, kind: u8, flags: u8, fill: impl FnOnce(&mut Event)) {
 /// Reads the file `bprm` executes and judges it for every workload of the current task. A
 /// file that cannot be read is refused (fail closed); a memfd or deleted file that no entry
 /// names meets the workload's `allow_anonymous_exec` switch.
+///
+/// A file is judged by its identity (`EXEC_RULES`: hard links and bind mounts of a refused
+/// file) and by its place (`EXEC_PLACES`: the path, whatever inode is there now). A live
+/// refusal from either wins, then a live permit from either, then the default.
 #[inline(always)]
 pub(crate) fn judge_exec(bprm: *const u8, file: &mut ExecFile) -> Judgement {
-    let mut read = false;
-    let mut read_failed = false;
+    // Outsiders pay one cgroup walk and nothing else.
+    let confined = judge(|_, _, _| Decision::default());
+    if !confined.found {
+        return confined;
+    }
+    // SAFETY: `bprm` comes from the hook; the accessor only probe-reads it.
+    if unsafe { bridle_read_exec_file(bprm, file) } != 0 {
+        // Fail closed: a file that cannot be read is refused by every workload.
+        return judge(|_, _, _| Decision {
+            effect: EFFECT_REFUSE,
+            code: code::NO_MATCHING_RULE,
+            rule: u32::MAX,
+            ..Decision::default()
+        });
+    }
+    let mut place = ExecPlaceKey {
+        slot: 0,
+        place: ExecPlace::zeroed(),
+    };
+    // A place that cannot be read leaves the identity alone to decide.
+    // SAFETY: as above; `place.place` is zeroed, as the accessor expects.
+    let have_place = unsafe { bridle_read_exec_place(bprm, &mut place.place) } == 0;
+    let (dev, ino, anonymous) = (file.dev, file.ino, file.nlink == 0);
     judge(|slot, w, now| {
-        if !read {
-            read = true;
-            // SAFETY: `bprm` comes from the hook; the accessor only probe-reads it.
-            read_failed = unsafe { bridle_read_exec_file(bprm, file) } != 0;
-        }
-        if read_failed {
-            return Decision {
-                effect: EFFECT_REFUSE,
-                code: code::NO_MATCHING_RULE,
-                rule: u32::MAX,
-                ..Decision::default()
-            };
-        }
-        let key = ExecKey {
-            slot,
-            dev: file.dev,
-            ino: file.ino,
-        };
+        let key = ExecKey { slot, dev, ino };
         // SAFETY: values are written whole by user space and never mutated here.
         let entry = unsafe { EXEC_RULES.get(&key) };
-        if file.nlink == 0 && entry.is_none() {
+        if anonymous && entry.is_none() {
             return Decision {
                 effect: if w.flags & WORKLOAD_ANON_EXEC != 0 {
                     EFFECT_PERMIT
@@ -225,7 +241,23 @@ pub(crate) fn judge_exec(bprm: *const u8, file: &mut ExecFile) -> Judgement {
                 ..Decision::default()
             };
         }
-        live(entry, w.exec_default, now)
+        let by_file = live(entry, EFFECT_NONE, now);
+        if by_file.effect == EFFECT_REFUSE {
+            return by_file;
+        }
+        let mut by_place = live(None, EFFECT_NONE, now);
+        if have_place {
+            place.slot = slot;
+            // SAFETY: values are written whole by user space and never mutated here.
+            by_place = live(unsafe { EXEC_PLACES.get(&place) }, EFFECT_NONE, now);
+        }
+        if by_place.effect == EFFECT_REFUSE || by_file.effect == EFFECT_NONE {
+            if by_place.effect == EFFECT_NONE {
+                return live(None, w.exec_default, now);
+            }
+            return by_place;
+        }
+        by_file
     })
 }
 

@@ -52,7 +52,7 @@ const KERNELS: &[Series] = &[
 const GUEST_CASES: u32 = 6;
 
 /// Upper bound for one guest, boot to power-off (a good run takes well under a minute).
-const GUEST_TIMEOUT_SECS: u32 = 180;
+const GUEST_TIMEOUT_SECS: u32 = 300;
 
 /// Host programs the guest suite execs as dynamic binaries: the loader and memfd cases need a
 /// real dynamic ELF and its loader, which busybox (static) is not.

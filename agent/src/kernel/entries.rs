@@ -1,14 +1,17 @@
 //! Turning a compiled policy into the kernel's map entries.
 //!
-//! The kernel judges an exec by file identity (device, inode), so every exec pattern is
-//! resolved here against the filesystem: each file a pattern names is resolved (symlinks
-//! followed), judged by the engine itself, and entered under its identity. The kernel entry and
-//! the engine's verdict therefore agree by construction, and a hard link or bind mount of a
-//! refused file is refused too. Address rules arrive already flattened by the engine.
+//! The kernel judges an exec by file identity (device, inode) and by place (directory and
+//! name), so every exec pattern is resolved here against the filesystem: each file a pattern
+//! names is resolved (symlinks followed), judged by the engine itself, and entered under its
+//! identity and its place. The kernel entry and the engine's verdict therefore agree by
+//! construction; a hard link or bind mount of a refused file is refused by identity, and a
+//! file replaced at a named path (a package upgrade: new inode, same path) meets its path's
+//! rule by place. Address rules arrive already flattened by the engine.
 
 use anyhow::{bail, Context, Result};
 use bridle_common::{
-    Decision, ExecKey, PortRule, PortRules, EFFECT_PERMIT, EFFECT_REFUSE, PORT_RULES,
+    Decision, ExecKey, ExecPlace, ExecPlaceKey, PortRule, PortRules, EFFECT_PERMIT, EFFECT_REFUSE,
+    PORT_RULES,
 };
 use bridle_engine::{
     Code, Compiled, Effect, Engine, ExecPattern, NetEntry, Object, PortEntry, RuleId,
@@ -16,7 +19,10 @@ use bridle_engine::{
 use std::{
     collections::{BTreeSet, HashMap},
     fs,
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{MetadataExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -28,6 +34,9 @@ const WALK_LIMIT: usize = 500_000;
 pub struct KernelEntries {
     /// Exec decisions by file identity.
     pub exec: Vec<(ExecKey, Decision)>,
+    /// Exec decisions by place (directory and name): the path rules, for whatever file is
+    /// there when the exec happens.
+    pub places: Vec<(ExecPlaceKey, Decision)>,
     /// IPv4 entries: (prefix length, address, port rules).
     pub net4: Vec<(u8, [u8; 4], PortRules)>,
     /// IPv6 entries: (prefix length, address, port rules).
@@ -42,9 +51,11 @@ impl KernelEntries {
     /// The rule indices the entries were compiled from.
     pub fn rules(&self) -> std::collections::BTreeSet<u32> {
         let exec = self.exec.iter().map(|(_, d)| d.rule);
+        let places = self.places.iter().map(|(_, d)| d.rule);
         let net4 = self.net4.iter().flat_map(|(_, _, p)| used(p));
         let net6 = self.net6.iter().flat_map(|(_, _, p)| used(p));
-        exec.chain(net4)
+        exec.chain(places)
+            .chain(net4)
             .chain(net6)
             .filter(|r| *r != u32::MAX)
             .collect()
@@ -59,6 +70,7 @@ impl KernelEntries {
             }
         };
         self.exec.iter_mut().for_each(|(_, d)| apply(d));
+        self.places.iter_mut().for_each(|(_, d)| apply(d));
         let net4 = self.net4.iter_mut().map(|(_, _, p)| p);
         let net6 = self.net6.iter_mut().map(|(_, _, p)| p);
         for ports in net4.chain(net6) {
@@ -173,6 +185,26 @@ fn build_exec(
         collect(&entry.pattern, &mut candidates, &mut budget)?;
     }
     let mut by_identity: HashMap<ExecKey, Decision> = HashMap::new();
+    let mut by_place: HashMap<ExecPlaceKey, Decision> = HashMap::new();
+    let decide = |path: &Path| {
+        let verdict = engine.judge(&Object::Exec(path.to_path_buf()));
+        Decision {
+            effect: effect_byte(verdict.effect),
+            code: verdict.code.index(),
+            rule: rule_index(compiled, verdict.rule.as_deref()),
+            ..Decision::default()
+        }
+    };
+    // A path a literal pattern names that holds no file yet still has a place, so a
+    // binary installed there later meets its rule at once.
+    for entry in &compiled.exec {
+        let named = entry.pattern.static_prefix();
+        if named.as_os_str().len() == entry.pattern.as_str().len() && !named.exists() {
+            if let Some(place) = place_of(named, slot) {
+                by_place.insert(place.0, decide(&place.1));
+            }
+        }
+    }
     for path in candidates {
         let Ok(resolved) = fs::canonicalize(&path) else {
             continue; // a dangling link executes nothing
@@ -183,13 +215,10 @@ fn build_exec(
         if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
             continue;
         }
-        let verdict = engine.judge(&Object::Exec(resolved.clone()));
-        let decision = Decision {
-            effect: effect_byte(verdict.effect),
-            code: verdict.code.index(),
-            rule: rule_index(compiled, verdict.rule.as_deref()),
-            ..Decision::default()
-        };
+        let decision = decide(&resolved);
+        if let Some((place, _)) = place_of(&resolved, slot) {
+            by_place.insert(place, decision);
+        }
         let key = ExecKey {
             slot,
             dev: kernel_dev(meta.dev()),
@@ -207,7 +236,21 @@ fn build_exec(
             .or_insert(decision);
     }
     out.exec = by_identity.into_iter().collect();
+    out.places = by_place.into_iter().collect();
     Ok(())
+}
+
+/// The place key of `path` (its directory's identity and its name) and the path as the kernel
+/// reaches it (directory symlinks resolved), if its directory exists.
+fn place_of(path: &Path, slot: u64) -> Option<(ExecPlaceKey, PathBuf)> {
+    let name = path.file_name()?;
+    let dir = fs::canonicalize(path.parent()?).ok()?;
+    let meta = fs::metadata(&dir).ok()?;
+    if !meta.is_dir() {
+        return None;
+    }
+    let place = ExecPlace::new(kernel_dev(meta.dev()), meta.ino(), name.as_bytes());
+    Some((ExecPlaceKey { slot, place }, dir.join(name)))
 }
 
 /// Adds every existing path that `pattern` matches.

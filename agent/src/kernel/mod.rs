@@ -21,7 +21,8 @@ use aya::{
     Ebpf,
 };
 use bridle_common::{
-    Decision, ExecKey, Net4Key, Net6Key, PortRules, Workload, NET_KEY_SLOT_BITS, STAT_COUNT,
+    Decision, ExecKey, ExecPlaceKey, Net4Key, Net6Key, PortRules, Workload, NET_KEY_SLOT_BITS,
+    STAT_COUNT,
 };
 use std::{collections::BTreeMap, fs::File, path::Path};
 
@@ -34,9 +35,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/br
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
 /// Every map of the object, by name.
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 10] = [
     "WORKLOADS",
     "EXEC_RULES",
+    "EXEC_PLACES",
     "NET4_RULES",
     "NET6_RULES",
     "EVENTS",
@@ -172,6 +174,15 @@ impl Enforcer {
             }
         }
         {
+            let mut places: HashMap<&mut MapData, ExecPlaceKey, Decision> =
+                map(&mut self.objects, "EXEC_PLACES")?;
+            for (key, decision) in &entries.places {
+                places
+                    .insert(key, decision, 0)
+                    .with_context(|| format!("writing exec place entry {key:?}"))?;
+            }
+        }
+        {
             let mut net4: LpmTrie<&mut MapData, Net4Key, PortRules> =
                 map(&mut self.objects, "NET4_RULES")?;
             for (prefix, addr, rules) in &entries.net4 {
@@ -223,6 +234,20 @@ impl Enforcer {
                 .collect();
             for key in stale {
                 if exec.remove(&key).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        {
+            let mut places: HashMap<&mut MapData, ExecPlaceKey, Decision> =
+                map(&mut self.objects, "EXEC_PLACES")?;
+            let stale: Vec<ExecPlaceKey> = places
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !active.contains(&k.slot))
+                .collect();
+            for key in stale {
+                if places.remove(&key).is_ok() {
                     removed += 1;
                 }
             }

@@ -99,6 +99,64 @@ pub struct ExecKey {
     pub ino: u64,
 }
 
+/// How many bytes of a file name an exec place key holds (the rest of a longer name is
+/// represented by its length alone).
+pub const PLACE_NAME_LEN: usize = 64;
+
+/// Where an executed file sits: its directory's identity and its name in that directory.
+///
+/// A path rule outlives the inode it was compiled against: a package upgrade writes a new file
+/// and renames it over the old one (new inode, same place), and the kernel still finds the
+/// place's entry. A directory has exactly one parent, so (directory, name) names one path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExecPlace {
+    /// The directory's device, in the kernel's encoding (`major << 20 | minor`).
+    pub dir_dev: u64,
+    /// The directory's inode number.
+    pub dir_ino: u64,
+    /// The name's full length in bytes.
+    pub name_len: u32,
+    /// Padding; always zero.
+    pub _pad: u32,
+    /// The name's first `PLACE_NAME_LEN - 1` bytes, NUL-terminated, zero-filled.
+    pub name: [u8; PLACE_NAME_LEN],
+}
+
+impl ExecPlace {
+    /// An all-zero place, the form the kernel fills in.
+    pub const fn zeroed() -> Self {
+        ExecPlace {
+            dir_dev: 0,
+            dir_ino: 0,
+            name_len: 0,
+            _pad: 0,
+            name: [0; PLACE_NAME_LEN],
+        }
+    }
+
+    /// The place of `name` in directory (`dir_dev`, `dir_ino`), encoded as the kernel reads it.
+    pub fn new(dir_dev: u64, dir_ino: u64, name: &[u8]) -> Self {
+        let mut place = ExecPlace::zeroed();
+        place.dir_dev = dir_dev;
+        place.dir_ino = dir_ino;
+        place.name_len = name.len() as u32;
+        let kept = name.len().min(PLACE_NAME_LEN - 1);
+        place.name[..kept].copy_from_slice(&name[..kept]);
+        place
+    }
+}
+
+/// Key of the exec place map: a place inside one policy slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExecPlaceKey {
+    /// The policy slot.
+    pub slot: u64,
+    /// The place.
+    pub place: ExecPlace,
+}
+
 /// The data part of an IPv4 LPM-trie key: the policy slot, then the address, both matched
 /// bit by bit, so the prefix length of an entry is `64 + cidr_len`.
 #[repr(C)]
@@ -275,6 +333,7 @@ mod user {
     unsafe impl aya::Pod for Workload {}
     unsafe impl aya::Pod for Decision {}
     unsafe impl aya::Pod for ExecKey {}
+    unsafe impl aya::Pod for ExecPlaceKey {}
     unsafe impl aya::Pod for Net4Key {}
     unsafe impl aya::Pod for Net6Key {}
     unsafe impl aya::Pod for PortRule {}
@@ -293,6 +352,7 @@ mod tests {
         assert_eq!(size_of::<Workload>(), 24);
         assert_eq!(size_of::<Decision>(), 24);
         assert_eq!(size_of::<ExecKey>(), 24);
+        assert_eq!(size_of::<ExecPlaceKey>(), 32 + PLACE_NAME_LEN);
         assert_eq!(size_of::<Net4Key>(), 12);
         assert_eq!(size_of::<Net6Key>(), 24);
         assert_eq!(size_of::<PortRule>(), 32);
@@ -300,5 +360,21 @@ mod tests {
         assert_eq!(size_of::<Event>(), 104 + PATH_LEN);
         assert_eq!(size_of::<DnsRedirect>(), 24);
         assert_eq!(size_of::<DnsOrigin>(), 24);
+    }
+
+    #[test]
+    fn a_place_keeps_a_long_name_as_its_prefix_and_length() {
+        let long = [b'x'; 100];
+        let p = ExecPlace::new(7, 42, &long);
+        assert_eq!(p.name_len, 100);
+        assert_eq!(&p.name[..PLACE_NAME_LEN - 1], &long[..PLACE_NAME_LEN - 1]);
+        assert_eq!(
+            p.name[PLACE_NAME_LEN - 1],
+            0,
+            "NUL-terminated like the kernel's copy"
+        );
+        let short = ExecPlace::new(7, 42, b"curl");
+        assert_eq!(&short.name[..5], b"curl\0");
+        assert!(short.name[4..].iter().all(|b| *b == 0));
     }
 }
