@@ -56,6 +56,9 @@ fn main() {
             landlock_exec_loop(n, path, allow)
         }
         [cmd, file] if cmd == "ready" => ready(file),
+        [cmd] if cmd == "bpf-ids" => report(cmd, "", bpf_next_prog_id()),
+        [cmd, pid] if cmd == "ptrace" => report(cmd, pid, ptrace_attach(pid)),
+        [cmd, path] if cmd == "setns" => report(cmd, path, enter_ns(path)),
         [cmd, name] if cmd == "resolve" => resolve_report(name, None),
         [cmd, name, port] if cmd == "resolve-connect" => resolve_report(name, Some(port)),
         _ => {
@@ -64,7 +67,7 @@ fn main() {
                  | udp-send ADDR | tfo ADDR | uring-connect ADDR | raw-socket | packet-socket \
                  | unix-connect PATH | unix-send PATH | udp-loop ADDR N | udp-rate ADDR RATE MILLIS \
                  | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE \
-                 | resolve NAME | resolve-connect NAME PORT"
+                 | resolve NAME | resolve-connect NAME PORT | bpf-ids | ptrace PID | setns PATH"
             );
             2
         }
@@ -651,4 +654,51 @@ fn resolve_report(name: &str, port: Option<&String>) -> i32 {
             1
         }
     }
+}
+
+/// Asks the kernel for the first loaded BPF program's id: what a tool that wants to detach
+/// programs does first.
+fn bpf_next_prog_id() -> std::io::Result<()> {
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    // union bpf_attr for the GET_NEXT_ID commands: start_id, next_id, open_flags.
+    let mut attr = [0u32; 4];
+    // SAFETY: bpf(2) with a zeroed attribute block of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_NEXT_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attaches to `pid` with ptrace, then detaches.
+fn ptrace_attach(pid: &str) -> std::io::Result<()> {
+    let pid: libc::pid_t = pid
+        .parse()
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: PTRACE_SEIZE takes no memory arguments.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+    Ok(())
+}
+
+/// Enters the namespace `path` names (for example /proc/1/ns/cgroup).
+fn enter_ns(path: &str) -> std::io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: setns on an fd this function owns.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

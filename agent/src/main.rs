@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod dns;
 mod fanotify;
+mod harden;
 mod issuer;
 mod kernel;
 mod os;

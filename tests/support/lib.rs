@@ -66,6 +66,8 @@ pub fn kernel_lock() -> MutexGuard<'static, ()> {
 /// What a finished process left.
 #[derive(Debug)]
 pub struct Finished {
+    /// The process id it ran as.
+    pub pid: u32,
     /// Exit status (128 + signal for a signal death).
     pub code: i32,
     /// Standard output.
@@ -109,6 +111,7 @@ pub fn finish(mut cmd: Command, deadline: Duration) -> Finished {
     };
     use std::os::unix::process::ExitStatusExt;
     Finished {
+        pid: child.id(),
         code: status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
@@ -192,3 +195,20 @@ pub fn leftover_pins() -> bool {
 }
 
 use std::path::Path;
+
+/// Fails unless bridle left nothing behind: no `bridle-run-*` cgroup, no loaded bridle
+/// program, no pin. The kernel frees a detached program a moment after its last fd closes,
+/// and an exiting workload's cgroup a moment after its last task: this waits for that,
+/// boundedly.
+pub fn assert_no_residue(context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leftovers = || (leftover_run_cgroups(), loaded_bridle_programs());
+    let mut left = leftovers();
+    while (!left.0.is_empty() || !left.1.is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = leftovers();
+    }
+    assert_eq!(left.0, Vec::<PathBuf>::new(), "{context}: cgroups left");
+    assert_eq!(left.1, Vec::<String>::new(), "{context}: programs left");
+    assert!(!leftover_pins(), "{context}: pins left");
+}

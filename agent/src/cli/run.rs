@@ -9,6 +9,7 @@ use crate::{
     cgroup::{self, Cgroup},
     dns::{self, DnsConfig, DnsReport, Resolver},
     fanotify::{bpfmap::BpfMap, AskConfig, AskDecision, ExecAsk},
+    harden::Hardening,
     issuer::Issuer,
     kernel::{
         entries,
@@ -98,6 +99,10 @@ pub fn run(global: &super::Global, args: RunArgs) -> Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bridle run needs root: it loads eBPF programs and creates cgroups");
     }
+    // The workload loses CAP_SYS_PTRACE (crate::harden): then it cannot trace us or read our
+    // memory, even as uid 0.
+    crate::harden::protect_self().context("marking bridle non-dumpable")?;
+    warn_if_unprivileged_bpf();
     let policy = match &args.policy {
         Some(path) => Policy::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Policy::parse(DEFAULT_POLICY, "default.toml (built in)")
@@ -259,14 +264,31 @@ fn confine_and_wait(
     let mut next_renewal = Instant::now() + renew_every;
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
 
-    // The sock_create hook cannot see packet sockets (see net::drop_net_raw); without the
-    // capability they need, the command cannot open them either. Observe mode refuses nothing.
+    // The sock_create hook runs only for IPv4 and IPv6 sockets, so it never sees a packet
+    // socket; every packet socket needs CAP_NET_RAW, so without it the command cannot open
+    // one (EPERM). Observe mode refuses nothing.
     let drop_raw = !observe && config.raw_effect != EFFECT_PERMIT;
+    let bridle_exe = std::env::current_exe().ok();
+    let protected = [
+        args.policy.as_deref(),
+        Some(state_dir),
+        Some(Path::new("/etc/bridle")),
+        // bpffs, where pins live.
+        Some(Path::new("/sys/fs/bpf")),
+        bridle_exe.as_deref(),
+    ];
+    // The run's cgroup is a child of the cgroup2 root (Cgroup::create in `run`).
+    let cgroup_root = cgroup
+        .path()
+        .parent()
+        .context("the run's cgroup has no parent")?;
+    let hardening = Hardening::new(protected.into_iter().flatten(), cgroup_root, drop_raw)
+        .context("preparing the workload's namespaces")?;
     let child = spawn_in_cgroup(
         &args.command,
         cgroup,
         tasks_fd.as_ref().map(|m| (m.raw_fd(), cgroup.id())),
-        drop_raw,
+        hardening,
     )?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
@@ -536,12 +558,12 @@ fn proc_identity(pid: i32) -> (String, u32) {
 
 /// Starts `command` as a child that joins `cgroup` before it execs; with `tasks` (the task
 /// table's fd and the workload id) it also enters itself there, so its first exec is asked;
-/// without `CAP_NET_RAW` if `drop_raw`.
+/// then it applies `hardening` (see crate::harden).
 fn spawn_in_cgroup(
     command: &[OsString],
     cgroup: &Cgroup,
     tasks: Option<(RawFd, u64)>,
-    drop_raw: bool,
+    hardening: Hardening,
 ) -> Result<u32> {
     let (program, rest) = command.split_first().context("no command given after --")?;
     let procs_path = cgroup.path().join("cgroup.procs");
@@ -553,7 +575,8 @@ fn spawn_in_cgroup(
     let mut cmd = Command::new(program);
     cmd.args(rest);
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
-    // (write(2) on an fd opened before the fork, prctl and capset); it allocates nothing.
+    // (write(2) on an fd opened before the fork, prctl, unshare, mount, capset); it
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Writing "0" moves the writing process itself.
@@ -577,10 +600,7 @@ fn spawn_in_cgroup(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if drop_raw {
-                crate::kernel::net::drop_net_raw()?;
-            }
-            Ok(())
+            hardening.apply()
         });
     }
     let child = cmd
@@ -591,4 +611,17 @@ fn spawn_in_cgroup(
     // The child is reaped with waitpid by pid; std's handle is not needed any more.
     std::mem::forget(child);
     Ok(pid)
+}
+
+/// Says so when the kernel lets processes without CAP_BPF use bpf(2): then a workload running
+/// as uid 0 could open bridle's pinned maps by their file permissions.
+fn warn_if_unprivileged_bpf() {
+    let setting =
+        std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default();
+    if setting.trim() == "0" {
+        eprintln!(
+            "bridle: warning: kernel.unprivileged_bpf_disabled is 0: a workload running as uid 0 \
+             could open bridle's pinned maps; set it to 2 (sysctl kernel.unprivileged_bpf_disabled=2)"
+        );
+    }
 }

@@ -119,6 +119,8 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bridle daemon needs root: it loads eBPF programs and confines cgroups");
     }
+    // A workload without CAP_SYS_PTRACE then cannot trace the daemon or read its memory.
+    crate::harden::protect_self().context("marking the daemon non-dumpable")?;
     let config = Config::load(&args.config)?;
     let invariants = load_invariants(&config)?;
     pins::ensure_bpffs(&args.pin_dir)?;
