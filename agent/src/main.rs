@@ -9,6 +9,7 @@ mod harden;
 mod issuer;
 mod kernel;
 mod os;
+mod rollout;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -60,6 +61,10 @@ enum Command {
     Permits(cli::permits::Args),
     /// Verify, export and follow the audit trail.
     Audit(cli::audit::Args),
+    /// Summarise refusals and would-be refusals (observe mode) by workload and rule.
+    Report(cli::rollout::ReportArgs),
+    /// Write the smallest policy that permits what a workload was seen doing.
+    Suggest(cli::rollout::SuggestArgs),
     /// Verify a permit file or an audit trail offline with an exported public key bundle.
     Verify(cli::verify::Args),
 }
@@ -86,6 +91,8 @@ fn main() -> ExitCode {
         Command::Keys(args) => (cli::keys::run(&global, args), cli::EXIT_FAILED),
         Command::Permits(args) => (cli::permits::run(&global, args), cli::EXIT_FAILED),
         Command::Audit(args) => (cli::audit::run(&global, args), cli::EXIT_FAILED),
+        Command::Report(args) => (cli::rollout::report(&global, args), cli::EXIT_FAILED),
+        Command::Suggest(args) => (cli::rollout::suggest(&global, args), cli::EXIT_FAILED),
         Command::Verify(args) => (cli::verify::run(&global, args), cli::EXIT_FAILED),
     };
     result.unwrap_or_else(|err| {

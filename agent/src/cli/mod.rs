@@ -6,6 +6,7 @@ pub mod explain;
 pub mod keys;
 pub mod permits;
 pub mod policy;
+pub mod rollout;
 pub mod run;
 pub mod verify;
 

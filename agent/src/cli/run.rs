@@ -487,7 +487,7 @@ impl Reporter<'_> {
         }
         let (effect, code) = match report.outcome {
             dns::Outcome::Refused => (Effect::Refuse, Code::NameNotAllowed),
-            dns::Outcome::Observed => (Effect::Permit, Code::Observed),
+            dns::Outcome::Observed(_) => (Effect::Permit, Code::Observed),
             _ => (Effect::Permit, report.code()),
         };
         let (comm, uid) = if report.pid != 0 {
@@ -508,7 +508,7 @@ impl Reporter<'_> {
                 uid,
                 comm,
                 action: "resolve".to_owned(),
-                object: format!("{} {}", report.name, report.qtype),
+                object: report.audit_object(),
                 effect,
                 code,
                 rule,

@@ -105,8 +105,8 @@ pub enum Outcome {
     Permitted(Vec<IpAddr>),
     /// Answered REFUSED.
     Refused,
-    /// Observe mode: forwarded, but no rule allows the name.
-    Observed,
+    /// Observe mode: forwarded, but no rule allows the name; the answer held these addresses.
+    Observed(Vec<IpAddr>),
     /// The upstream gave no answer in time: answered SERVFAIL.
     UpstreamTimeout,
     /// The upstream could not be reached or the entries could not be written: SERVFAIL.
@@ -134,7 +134,7 @@ impl DnsReport {
             Outcome::Refused => {
                 format!("bridle: refused {what} (NAME_NOT_ALLOWED{rule}; no permit rule names it)")
             }
-            Outcome::Observed => format!(
+            Outcome::Observed(_) => format!(
                 "bridle: observed {what} (OBSERVED: would be refused, NAME_NOT_ALLOWED{rule})"
             ),
             Outcome::UpstreamTimeout => {
@@ -146,12 +146,29 @@ impl DnsReport {
         }
     }
 
+    /// The audit record's object: the name and type asked, and the addresses answered
+    /// (`allowed.test A = 127.0.0.2 127.0.0.3`), so an address in a later record can be
+    /// named (see crate::rollout).
+    pub fn audit_object(&self) -> String {
+        let mut object = format!("{} {}", self.name, self.qtype);
+        if let Outcome::Permitted(addrs) | Outcome::Observed(addrs) = &self.outcome {
+            if !addrs.is_empty() {
+                object.push_str(" =");
+                for addr in addrs {
+                    object.push(' ');
+                    object.push_str(&addr.to_string());
+                }
+            }
+        }
+        object
+    }
+
     /// The verdict code for the audit trail.
     pub fn code(&self) -> Code {
         match self.outcome {
             Outcome::Permitted(_) => Code::Permitted,
             Outcome::Refused => Code::NameNotAllowed,
-            Outcome::Observed => Code::Observed,
+            Outcome::Observed(_) => Code::Observed,
             // No verdict refused the name; the answer failed. The audit record keeps the
             // name's own verdict.
             Outcome::UpstreamTimeout | Outcome::Failed(_) => Code::Permitted,
@@ -472,7 +489,13 @@ impl Shared {
             }
             report(Outcome::Permitted(addrs));
         } else {
-            report(Outcome::Observed);
+            // What the name would have been permitted as, for `bridle suggest`.
+            addrs = response
+                .addresses(&q.query.name)
+                .into_iter()
+                .map(|(ip, _)| ip)
+                .collect();
+            report(Outcome::Observed(addrs));
         }
         wire::set_id(&mut reply, q.id);
         Some(reply)

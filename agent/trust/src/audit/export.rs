@@ -73,6 +73,20 @@ fn for_each_record(
     Ok(())
 }
 
+/// Calls `f` with every record of `dir` that passes `filter`, in order.
+pub fn scan(
+    dir: &Path,
+    filter: &ExportFilter,
+    mut f: impl FnMut(&AuditRecord),
+) -> Result<(), AuditError> {
+    for_each_record(dir, |record| {
+        if filter.matches(&record) {
+            f(&record);
+        }
+        Ok(())
+    })
+}
+
 /// Writes the records of `dir` that pass `filter` to `out`; returns how many.
 pub fn export(
     dir: &Path,

@@ -34,7 +34,7 @@ mod verify;
 mod writer;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_DOMAIN};
-pub use export::{export, tail, ExportFilter, ExportFormat, Follower};
+pub use export::{export, scan, tail, ExportFilter, ExportFormat, Follower};
 pub use record::{AuditRecord, RecordFields, GENESIS_HASH, RECORD_DOMAIN};
 pub use segment::{list_segments, segment_name, Entry};
 pub use verify::{
