@@ -343,6 +343,144 @@ fn the_control_socket_refuses_a_non_root_user() {
     );
 }
 
+/// Waits until `bridle status` shows the workload at `cgroup` quarantined (or not).
+fn wait_quarantined(s: &Setup, cgroup: &std::path::Path, action: Option<&str>) {
+    let start = Instant::now();
+    let wanted = match action {
+        Some(a) => format!("\"quarantined\":\"{a}\""),
+        None => "\"quarantined\":null".to_owned(),
+    };
+    while start.elapsed() < DEADLINE {
+        let f = s.bridle(&["status", "--json"]);
+        let compact: String = f.stdout.split_whitespace().collect();
+        let here = format!("\"cgroup\":\"{}\"", cgroup.display());
+        if compact
+            .split("},{")
+            .any(|w| w.contains(&here) && w.contains(&wanted))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{} never showed {wanted}\n{}", cgroup.display(), s.log());
+}
+
+#[test]
+fn refusals_past_the_threshold_quarantine_the_workload_until_lifted() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("quarantine");
+    fs::write(
+        s.dir.path().join("policies/p.toml"),
+        format!(
+            "{REFUSE_TOUCH}\n[quarantine]\nafter_refusals = 3\nwithin = \"1m\"\naction = \"refuse-all\"\n"
+        ),
+    )
+    .expect("policy");
+    s.start();
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.wait_workloads(1);
+    // Permitted before the threshold.
+    assert_eq!(s.in_workload("agent", "/usr/bin/true"), 0, "{}", s.log());
+    // Three refusals (the kill tier: each dies by SIGKILL) cross it.
+    for _ in 0..3 {
+        assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), 137);
+    }
+    wait_quarantined(&s, &cg, Some("refuse-all"));
+    // Now even a permitted program is refused, for every process of the workload.
+    assert_eq!(
+        s.in_workload("agent", "/usr/bin/true"),
+        137,
+        "refuse-all lets nothing run\n{}",
+        s.log()
+    );
+    // A non-quarantined workload cannot be "lifted"; the quarantined one can.
+    let wrong = s.bridle(&["release", "--quarantine", "/no/such/cgroup"]);
+    assert_eq!(wrong.code, 1, "{}", wrong.stderr);
+    let lift = s.bridle(&["release", "--quarantine", &cg.display().to_string()]);
+    assert_eq!(lift.code, 0, "{}\n{}", lift.stderr, s.log());
+    assert!(
+        lift.stdout.contains("lifted the refuse-all quarantine"),
+        "{}",
+        lift.stdout
+    );
+    wait_quarantined(&s, &cg, None);
+    assert_eq!(s.in_workload("agent", "/usr/bin/true"), 0, "{}", s.log());
+    // Every step is in the audit trail.
+    let audit = s.bridle(&["audit", "export", "--verdict", "QUARANTINED"]);
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    let steps: Vec<&str> = audit
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some(if v["action"] == "quarantine" {
+                "quarantine"
+            } else if v["action"] == "quarantine-lifted" {
+                "lifted"
+            } else {
+                "other"
+            })
+        })
+        .collect();
+    assert_eq!(steps, ["quarantine", "lifted"], "{}", audit.stdout);
+}
+
+#[test]
+fn a_freeze_quarantine_stops_every_process_until_lifted() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("freeze");
+    fs::write(
+        s.dir.path().join("policies/p.toml"),
+        format!(
+            "{REFUSE_TOUCH}\n[quarantine]\nafter_refusals = 2\nwithin = \"1m\"\naction = \"freeze\"\n"
+        ),
+    )
+    .expect("policy");
+    s.start();
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.wait_workloads(1);
+    // A process that lives on in the workload (Setup's drop kills the cgroup).
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec /usr/bin/sleep 60",
+            cg.display()
+        ))
+        .stdout(Stdio::null());
+    let mut sleeper = cmd.spawn().expect("sleeper");
+    for _ in 0..2 {
+        assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), 137);
+    }
+    wait_quarantined(&s, &cg, Some("freeze"));
+    let events = fs::read_to_string(cg.join("cgroup.events")).expect("cgroup.events");
+    assert!(events.contains("frozen 1"), "{events}\n{}", s.log());
+    // The path below the cgroup root names it too.
+    let relative = cg
+        .strip_prefix(cgroup2_root())
+        .expect("below the root")
+        .display()
+        .to_string();
+    let lift = s.bridle(&["release", "--quarantine", &relative]);
+    let start = Instant::now();
+    while !fs::read_to_string(cg.join("cgroup.events"))
+        .unwrap_or_default()
+        .contains("frozen 0")
+        && start.elapsed() < DEADLINE
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lift.code, 0, "{}\n{}", lift.stderr, s.log());
+    let events = fs::read_to_string(cg.join("cgroup.events")).expect("cgroup.events");
+    assert!(events.contains("frozen 0"), "{events}");
+    // SAFETY: kill(2) on the pid of the child this test started.
+    unsafe { libc::kill(sleeper.id() as i32, libc::SIGKILL) };
+    let _ = sleeper.wait();
+}
+
 #[test]
 fn the_shipped_unit_file_verifies() {
     let unit = fs::read_to_string(workspace_root().join("agent/systemd/bridle.service"))

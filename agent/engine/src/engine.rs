@@ -336,6 +336,31 @@ impl Engine {
         self.count_refusal(now, verdict)
     }
 
+    /// Counts a refusal that was decided elsewhere (the kernel, from this engine's compiled
+    /// entries) towards quarantine, as [`Engine::evaluate`] counts its own. `rule` and `what`
+    /// only describe it. Returns the invalidate verdict when this refusal crosses a threshold;
+    /// `None` otherwise, and while a quarantine is already in force.
+    pub fn count_enforced_refusal(&mut self, rule: Option<String>, what: &str) -> Option<Verdict> {
+        if self.quarantined.is_some() {
+            return None;
+        }
+        let now = self.clock.now();
+        let policy = self.chain.last()?.reference.clone();
+        let refusal = Verdict {
+            effect: Effect::Refuse,
+            code: Code::PolicyRefused,
+            rule,
+            policy,
+            reason: what.to_owned(),
+            hint: String::new(),
+            trace: Vec::new(),
+            observed: None,
+            quarantine: None,
+        };
+        let verdict = self.count_refusal(now, refusal);
+        (verdict.effect == Effect::Invalidate).then_some(verdict)
+    }
+
     fn count_refusal(&mut self, now: Duration, verdict: Verdict) -> Verdict {
         let thresholds: Vec<(usize, crate::policy::Quarantine)> = self
             .chain

@@ -260,6 +260,31 @@ fn quarantine_invalidates_then_refuses_everything() {
 }
 
 #[test]
+fn refusals_enforced_elsewhere_count_towards_quarantine() {
+    let clock = Arc::new(ManualClock::new());
+    let p = policy(&format!(
+        "{BASE}\n[quarantine]\nafter_refusals = 2\nwithin = \"1m\"\naction = \"freeze\"\n"
+    ));
+    let mut e = Engine::new(p).with_clock(clock.clone());
+    assert!(e
+        .count_enforced_refusal(None, "connect 10.0.0.1:80")
+        .is_none());
+    clock.advance(Duration::from_secs(61));
+    assert!(e
+        .count_enforced_refusal(None, "connect 10.0.0.1:80")
+        .is_none());
+    let v = e
+        .count_enforced_refusal(Some("no-curl".into()), "exec /usr/bin/curl")
+        .expect("the second refusal within a minute quarantines");
+    assert_eq!((v.effect, v.code), (Effect::Invalidate, Code::Quarantined));
+    assert_eq!(v.quarantine, Some(QuarantineAction::Freeze));
+    assert_eq!(v.rule.as_deref(), Some("no-curl"));
+    assert!(v.reason.contains("exec /usr/bin/curl"), "{}", v.reason);
+    assert!(e.count_enforced_refusal(None, "again").is_none());
+    assert_eq!(e.quarantined(), Some(QuarantineAction::Freeze));
+}
+
+#[test]
 fn anonymous_exec() {
     let e = Engine::new(policy(BASE));
     let v = e.judge(&Object::AnonymousExec("memfd:x (deleted)".into()));

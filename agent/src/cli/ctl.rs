@@ -1,4 +1,5 @@
-//! `bridle status`, `bridle reload` and `bridle unload`: talking to (or undoing) the daemon.
+//! `bridle status`, `bridle reload`, `bridle release` and `bridle unload`: talking to (or
+//! undoing) the daemon.
 
 use crate::{
     daemon::control::{self, Reply, Request},
@@ -24,6 +25,18 @@ pub struct StatusArgs {
     /// Print the daemon's answer as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of `bridle release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Lift the workload's quarantine (thaw it, or put its policy back in the kernel).
+    #[arg(long)]
+    quarantine: bool,
+    /// The workload's cgroup: its path, or its path below the cgroup root.
+    cgroup: String,
 }
 
 /// Arguments of `bridle unload`.
@@ -89,16 +102,37 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     println!("workloads:   {}", workloads.len());
     for w in workloads {
         println!(
-            "  {}  policy {} ({}, sha256 {})  {} exec + {} address entries, {} permits",
+            "  {}  policy {} ({}, sha256 {})  {} exec + {} address entries, {} permits{}",
             s(&w["cgroup"]),
             s(&w["policy"]),
             s(&w["mode"]),
             s(&w["digest"]),
             w["exec_entries"],
             w["address_entries"],
-            w["permits"]
+            w["permits"],
+            w["quarantined"]
+                .as_str()
+                .map(|a| format!("  QUARANTINED ({a})"))
+                .unwrap_or_default()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bridle release --quarantine CGROUP`.
+pub fn release(args: ReleaseArgs) -> Result<ExitCode> {
+    let body = answered(control::ask(
+        &args.socket.socket,
+        &Request::Release {
+            cgroup: args.cgroup,
+            quarantine: args.quarantine,
+        },
+    )?)?;
+    println!(
+        "lifted the {} quarantine of {}",
+        body["lifted"].as_str().unwrap_or("?"),
+        body["cgroup"].as_str().unwrap_or("?")
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -36,6 +36,14 @@ pub enum Request {
     Status,
     /// Re-read the configuration and every policy; all or nothing.
     Reload,
+    /// Lift the quarantine of a workload (`quarantine`); releasing a workload from its
+    /// confinement is done in the configuration.
+    Release {
+        /// The workload's cgroup: its path, or its path below the cgroup root.
+        cgroup: String,
+        /// Lift its quarantine.
+        quarantine: bool,
+    },
 }
 
 /// The daemon's answer.

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod control;
+mod quarantine;
 
 use crate::{
     cgroup,
@@ -20,9 +21,11 @@ use crate::{
 };
 use anyhow::{bail, Context, Result};
 use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE};
-use bridle_engine::{compile, Compiled, Effect, Engine, Invariants, Mode, Policy};
+use bridle_engine::{
+    compile, Code, Compiled, Effect, Engine, Invariants, Mode, Policy, QuarantineAction, Verdict,
+};
 use bridle_trust::{
-    audit::{AuditConfig, AuditWriter},
+    audit::{AuditConfig, AuditWriter, RecordFields},
     Subject, SystemClock,
 };
 use clap::{Args, ValueEnum};
@@ -90,6 +93,10 @@ struct Confined {
     issuer: Issuer,
     policy_digest: String,
     next_renewal: Instant,
+    /// Counts the kernel's refusals towards the policy's quarantine threshold.
+    engine: Engine,
+    /// The quarantine in force, until an operator lifts it.
+    quarantined: Option<QuarantineAction>,
 }
 
 /// How the last reload went.
@@ -387,6 +394,8 @@ impl Daemon {
                 issuer,
                 policy_digest: prepared.policy.digest_hex(),
                 next_renewal: Instant::now() + renew,
+                engine: prepared.engine,
+                quarantined: None,
             },
         );
         Ok(())
@@ -522,6 +531,15 @@ impl Daemon {
             let Some(path) = self.workloads.get(&id).map(|w| w.path.clone()) else {
                 continue;
             };
+            if let Some(w) = self.workloads.get_mut(&id) {
+                if w.quarantined.is_some() {
+                    // A quarantine outlives reloads; lifting it installs the policy then
+                    // current.
+                    w.policy_file = file;
+                    w.mode = mode;
+                    continue;
+                }
+            }
             let (entries, config, issuer) = self.install(&path, id, &p)?;
             if let Some(w) = self.workloads.get_mut(&id) {
                 w.compiled = p.compiled;
@@ -529,6 +547,7 @@ impl Daemon {
                 w.config = config;
                 w.issuer = issuer;
                 w.policy_digest = p.policy.digest_hex();
+                w.engine = p.engine;
                 w.policy_file = file;
                 w.mode = mode;
                 if let Some(name) = name {
@@ -582,6 +601,137 @@ impl Daemon {
         if let Err(err) = self.audit.append(described.record) {
             error!("appending to the audit trail: {err:#}");
         }
+        if decided.permitted || decided.observed {
+            return;
+        }
+        let id = decided.workload;
+        let rule = w
+            .compiled
+            .rules
+            .get(decided.rule as usize)
+            .map(|r| r.name.clone());
+        let what = decided.operation.to_string();
+        let Some(w) = self.workloads.get_mut(&id) else {
+            return;
+        };
+        if let Some(verdict) = w.engine.count_enforced_refusal(rule, &what) {
+            self.start_quarantine(id, verdict);
+        }
+    }
+
+    /// Carries out an invalidate verdict on workload `id`, and audits it.
+    fn start_quarantine(&mut self, id: u64, verdict: Verdict) {
+        let Some(action) = verdict.quarantine else {
+            return;
+        };
+        let Some(w) = self.workloads.get_mut(&id) else {
+            return;
+        };
+        let outcome = if action == QuarantineAction::RefuseAll {
+            let config = quarantine::refuse_all(w.config, new_slot());
+            self.enforcer
+                .install(id, config, &KernelEntries::default())
+                .map(|()| {
+                    // Renewals keep reinstalling this until the quarantine is lifted.
+                    w.config = config;
+                    w.entries = KernelEntries::default();
+                })
+        } else {
+            quarantine::start(action, &w.path)
+        };
+        w.quarantined = Some(action);
+        let path = w.path.display().to_string();
+        match &outcome {
+            Ok(()) => {
+                warn!(cgroup = %path, action = action.as_str(), "quarantined: {}", verdict.reason)
+            }
+            Err(err) => {
+                error!(cgroup = %path, action = action.as_str(), "quarantine failed: {err:#}")
+            }
+        }
+        self.audit_quarantine(&path, "quarantine", action, verdict.rule, &outcome);
+        self.collect();
+        self.notify_status();
+    }
+
+    /// Lifts the quarantine of the workload at `cgroup` (its path, or its path below the
+    /// cgroup root): thaws it, or puts its policy back in the kernel, and audits it.
+    fn lift_quarantine(&mut self, cgroup: &str) -> Result<serde_json::Value> {
+        let wanted = cgroup.trim_end_matches('/');
+        let Some((&id, w)) = self.workloads.iter().find(|(_, w)| {
+            w.path.to_str() == Some(wanted) || w.relative == wanted.trim_start_matches('/')
+        }) else {
+            bail!("{cgroup} is not a confined workload (see bridle status)");
+        };
+        let Some(action) = w.quarantined else {
+            bail!("{} is not quarantined", w.path.display());
+        };
+        let path = w.path.clone();
+        let outcome = if action == QuarantineAction::RefuseAll {
+            self.reinstall(id)
+        } else {
+            quarantine::lift(action, &path)
+        };
+        let shown = path.display().to_string();
+        self.audit_quarantine(&shown, "quarantine-lifted", action, None, &outcome);
+        outcome?;
+        if let Some(w) = self.workloads.get_mut(&id) {
+            w.engine.lift_quarantine();
+            w.quarantined = None;
+        }
+        info!(cgroup = %shown, action = action.as_str(), "quarantine lifted");
+        self.collect();
+        self.notify_status();
+        Ok(json!({"cgroup": shown, "lifted": action.as_str()}))
+    }
+
+    /// Installs workload `id`'s policy afresh, as a reload does for one workload.
+    fn reinstall(&mut self, id: u64) -> Result<()> {
+        let (path, file, mode) = match self.workloads.get(&id) {
+            Some(w) => (w.path.clone(), w.policy_file.clone(), w.mode),
+            None => bail!("workload {id} is gone"),
+        };
+        let p = self.prepare(&file, mode)?;
+        let (entries, config, issuer) = self.install(&path, id, &p)?;
+        if let Some(w) = self.workloads.get_mut(&id) {
+            w.policy_digest = p.policy.digest_hex();
+            w.compiled = p.compiled;
+            w.entries = entries;
+            w.config = config;
+            w.issuer = issuer;
+            w.engine = p.engine;
+        }
+        Ok(())
+    }
+
+    fn audit_quarantine(
+        &mut self,
+        workload: &str,
+        step: &str,
+        action: QuarantineAction,
+        rule: Option<String>,
+        outcome: &Result<()>,
+    ) {
+        let object = match outcome {
+            Ok(()) => action.as_str().to_owned(),
+            Err(err) => format!("{} (failed: {err:#})", action.as_str()),
+        };
+        let fields = RecordFields {
+            workload: workload.to_owned(),
+            pid: std::process::id(),
+            uid: 0,
+            comm: "bridle".to_owned(),
+            action: step.to_owned(),
+            object,
+            effect: Effect::Invalidate,
+            code: Code::Quarantined,
+            rule,
+            permit_id: None,
+        };
+        // A quarantine step is rare and an operator acts on it: on disk at once.
+        if let Err(err) = self.audit.append(fields).and_then(|_| self.audit.flush()) {
+            error!("appending to the audit trail: {err:#}");
+        }
     }
 
     fn notify_status(&self) {
@@ -596,6 +746,18 @@ impl Daemon {
     fn answer(&mut self, request: Request) -> Reply {
         match request {
             Request::Status => Reply::ok(self.status()),
+            Request::Release { cgroup, quarantine } => {
+                if !quarantine {
+                    return Reply::error(
+                        "releasing a workload from its confinement is done in the configuration \
+                         (remove its [[confine]] entry and reload); `--quarantine` lifts a quarantine",
+                    );
+                }
+                match self.lift_quarantine(&cgroup) {
+                    Ok(body) => Reply::ok(body),
+                    Err(err) => Reply::error(format!("{err:#}")),
+                }
+            }
             Request::Reload => {
                 self.reload();
                 match &self.last_reload {
@@ -628,6 +790,7 @@ impl Daemon {
                     "exec_entries": w.entries.exec.len(),
                     "address_entries": w.entries.net4.len() + w.entries.net6.len(),
                     "permits": w.entries.rules().len(),
+                    "quarantined": w.quarantined.map(QuarantineAction::as_str),
                 })
             })
             .collect();
