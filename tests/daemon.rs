@@ -335,6 +335,14 @@ fn the_control_socket_refuses_a_non_root_user() {
     let f = finish(cmd, DEADLINE);
     assert_eq!(f.code, 1, "{}", f.stderr);
     assert!(f.stderr.contains("permission denied"), "{}", f.stderr);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bridle_bin())
+        .args(["events", "--follow", "--socket"])
+        .arg(s.socket());
+    let f = finish(cmd, DEADLINE);
+    assert_eq!(f.code, 1, "{}", f.stderr);
+    assert!(f.stderr.contains("permission denied"), "{}", f.stderr);
     let status = s.bridle(&["status"]);
     assert!(
         status.stdout.contains("last reload: never"),
@@ -452,9 +460,15 @@ fn a_freeze_quarantine_stops_every_process_until_lifted() {
         ))
         .stdout(Stdio::null());
     let mut sleeper = cmd.spawn().expect("sleeper");
-    for _ in 0..2 {
-        assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), 137);
-    }
+    assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), 137);
+    // The second refusal freezes the workload, perhaps before this shell exits: not waited
+    // for until the quarantine is lifted.
+    let mut second = Command::new("/bin/sh");
+    second.arg("-c").arg(format!(
+        "echo $$ > {}/cgroup.procs && /usr/bin/touch /dev/null",
+        cg.display()
+    ));
+    let mut second = second.spawn().expect("second refusal");
     wait_quarantined(&s, &cg, Some("freeze"));
     let events = fs::read_to_string(cg.join("cgroup.events")).expect("cgroup.events");
     assert!(events.contains("frozen 1"), "{events}\n{}", s.log());
@@ -476,9 +490,76 @@ fn a_freeze_quarantine_stops_every_process_until_lifted() {
     assert_eq!(lift.code, 0, "{}\n{}", lift.stderr, s.log());
     let events = fs::read_to_string(cg.join("cgroup.events")).expect("cgroup.events");
     assert!(events.contains("frozen 0"), "{events}");
+    let status = second.wait().expect("second refusal ends once thawed");
+    assert_eq!(status.code(), Some(137), "{status:?}");
     // SAFETY: kill(2) on the pid of the child this test started.
     unsafe { libc::kill(sleeper.id() as i32, libc::SIGKILL) };
     let _ = sleeper.wait();
+}
+
+#[test]
+fn events_follow_streams_each_decision_of_the_workload_asked() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("events");
+    s.start();
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.wait_workloads(1);
+    let mut follow = Command::new(bridle_bin());
+    follow
+        .args(["events", "--follow", "--json", "--workload"])
+        .arg(&cg)
+        .env("BRIDLE_SOCKET", s.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = follow.spawn().expect("bridle events --follow");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the follower time to register, then act.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), 137);
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let refused = |l: &String| {
+        l.contains("\"object\":\"/usr/bin/touch\"") && l.contains("\"rule\":\"no-touch\"")
+    };
+    while start.elapsed() < DEADLINE && !seen.iter().any(refused) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    // SAFETY: kill(2) on the pid of the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let _ = reader.join();
+    assert!(
+        seen.iter().any(refused),
+        "no refusal streamed: {seen:?}\n{}",
+        s.log()
+    );
+    for line in &seen {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON lines");
+        assert_eq!(v["workload"], cg.display().to_string(), "{line}");
+    }
+    // The same decision, from the audit trail, without --follow.
+    let latest = s.bridle(&["events", "-n", "5"]);
+    assert!(
+        latest.stdout.contains("exec /usr/bin/touch -> refuse"),
+        "{}",
+        latest.stdout
+    );
 }
 
 #[test]

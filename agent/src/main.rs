@@ -46,6 +46,8 @@ enum Command {
     Status(cli::ctl::StatusArgs),
     /// Ask the daemon to re-read its configuration and policies (all or nothing).
     Reload(cli::ctl::SocketArgs),
+    /// Show the latest decisions, or follow the daemon's as they happen (`--follow`).
+    Events(cli::events::EventsArgs),
     /// Lift a workload's quarantine (`--quarantine CGROUP`).
     Release(cli::ctl::ReleaseArgs),
     /// Remove every pinned program, map and link: ends enforcement on purpose.
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => (daemon::run(args), cli::EXIT_FAILED),
         Command::Status(args) => (cli::ctl::status(args), cli::EXIT_FAILED),
         Command::Reload(args) => (cli::ctl::reload(args), cli::EXIT_FAILED),
+        Command::Events(args) => (cli::events::run(&global, args), cli::EXIT_FAILED),
         Command::Release(args) => (cli::ctl::release(args), cli::EXIT_FAILED),
         Command::Unload(args) => (cli::ctl::unload(args), cli::EXIT_FAILED),
         Command::Policy { command } => (cli::policy::run(command), USAGE_FAILED),

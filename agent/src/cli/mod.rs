@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod ctl;
+pub mod events;
 pub mod explain;
 pub mod keys;
 pub mod permits;

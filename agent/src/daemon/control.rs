@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
+        mpsc, Arc, Mutex,
     },
     thread::JoinHandle,
     time::Duration,
@@ -36,6 +36,12 @@ pub enum Request {
     Status,
     /// Re-read the configuration and every policy; all or nothing.
     Reload,
+    /// Follow the daemon's decisions: after the reply, one JSON object per line and decision
+    /// (of one workload, if given) until the client hangs up.
+    Events {
+        /// Only this workload (its cgroup path).
+        workload: Option<String>,
+    },
     /// Lift the quarantine of a workload (`quarantine`); releasing a workload from its
     /// confinement is done in the configuration.
     Release {
@@ -82,6 +88,71 @@ impl Reply {
 /// A request with the channel its answer goes back on.
 pub type Asked = (Request, mpsc::Sender<Reply>);
 
+/// How many decisions wait for one slow follower before newer ones are dropped (and counted).
+const FOLLOW_QUEUE: usize = 4096;
+
+struct Follower {
+    workload: Option<String>,
+    tx: mpsc::SyncSender<String>,
+    /// Decisions dropped since the last one delivered.
+    dropped: u64,
+}
+
+/// The clients following the daemon's decisions. The daemon publishes to them without ever
+/// waiting: a follower too slow to keep up loses decisions, and is told how many.
+#[derive(Clone, Default)]
+pub struct Followers(Arc<Mutex<Vec<Follower>>>);
+
+impl Followers {
+    /// Whether anyone follows (so the daemon can skip formatting).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Hands `line`, a decision of `workload`, to every follower that wants it; forgets those
+    /// that hung up.
+    pub fn publish(&self, workload: &str, line: &str) {
+        self.lock().retain_mut(|f| {
+            if f.workload.as_deref().is_some_and(|w| w != workload) {
+                return true;
+            }
+            if f.dropped > 0 {
+                let notice = format!("{{\"lost\":{}}}", f.dropped);
+                match f.tx.try_send(notice) {
+                    Ok(()) => f.dropped = 0,
+                    Err(mpsc::TrySendError::Full(_)) => {
+                        f.dropped += 1;
+                        return true;
+                    }
+                    Err(mpsc::TrySendError::Disconnected(_)) => return false,
+                }
+            }
+            match f.tx.try_send(line.to_owned()) {
+                Ok(()) => true,
+                Err(mpsc::TrySendError::Full(_)) => {
+                    f.dropped += 1;
+                    true
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => false,
+            }
+        });
+    }
+
+    fn add(&self, workload: Option<String>) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::sync_channel(FOLLOW_QUEUE);
+        self.lock().push(Follower {
+            workload,
+            tx,
+            dropped: 0,
+        });
+        rx
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Follower>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The listening side; dropping it stops the listener and removes the socket file.
 pub struct Server {
     path: PathBuf,
@@ -90,8 +161,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `path` (root only) and hands each request to `to_daemon`.
-    pub fn start(path: &Path, to_daemon: mpsc::Sender<Asked>) -> Result<Server> {
+    /// Binds `path` (root only), hands each request to `to_daemon` and adds event followers
+    /// to `followers`.
+    pub fn start(
+        path: &Path,
+        to_daemon: mpsc::Sender<Asked>,
+        followers: Followers,
+    ) -> Result<Server> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
@@ -116,7 +192,7 @@ impl Server {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("bridle-control".into())
-                .spawn(move || serve(listener, to_daemon, stop))
+                .spawn(move || serve(listener, to_daemon, followers, stop))
                 .context("starting the control socket thread")?
         };
         Ok(Server {
@@ -137,11 +213,16 @@ impl Drop for Server {
     }
 }
 
-fn serve(listener: UnixListener, to_daemon: mpsc::Sender<Asked>, stop: Arc<AtomicBool>) {
+fn serve(
+    listener: UnixListener,
+    to_daemon: mpsc::Sender<Asked>,
+    followers: Followers,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let _ = handle(stream, &to_daemon);
+                let _ = handle(stream, &to_daemon, &followers);
             }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -151,7 +232,11 @@ fn serve(listener: UnixListener, to_daemon: mpsc::Sender<Asked>, stop: Arc<Atomi
     }
 }
 
-fn handle(mut stream: UnixStream, to_daemon: &mpsc::Sender<Asked>) -> Result<()> {
+fn handle(
+    mut stream: UnixStream,
+    to_daemon: &mpsc::Sender<Asked>,
+    followers: &Followers,
+) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let creds = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
@@ -166,6 +251,7 @@ fn handle(mut stream: UnixStream, to_daemon: &mpsc::Sender<Asked>) -> Result<()>
         BufReader::new(&stream).read_line(&mut line)?;
         match serde_json::from_str::<Request>(&line) {
             Err(err) => Reply::error(format!("bad request: {err}")),
+            Ok(Request::Events { workload }) => return follow(stream, followers, workload),
             Ok(request) => {
                 let (tx, rx) = mpsc::channel();
                 if to_daemon.send((request, tx)).is_err() {
@@ -183,9 +269,30 @@ fn handle(mut stream: UnixStream, to_daemon: &mpsc::Sender<Asked>) -> Result<()>
     Ok(())
 }
 
-/// Sends one request to the daemon at `path` and waits for its answer.
-pub fn ask(path: &Path, request: &Request) -> Result<Reply> {
-    let mut stream = UnixStream::connect(path).map_err(|err| match err.kind() {
+/// Answers an events request, then streams decisions to the client on a thread of its own,
+/// until the client hangs up.
+fn follow(mut stream: UnixStream, followers: &Followers, workload: Option<String>) -> Result<()> {
+    let mut text = serde_json::to_string(&Reply::ok(serde_json::json!({ "following": true })))?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    let rx = followers.add(workload);
+    std::thread::Builder::new()
+        .name("bridle-follow".into())
+        .spawn(move || {
+            for mut line in rx {
+                line.push('\n');
+                if stream.write_all(line.as_bytes()).is_err() {
+                    break; // the client hung up; the next publish forgets it
+                }
+            }
+        })
+        .context("starting a follower thread")?;
+    Ok(())
+}
+
+/// Connects to the daemon at `path`.
+fn connect(path: &Path) -> Result<UnixStream> {
+    UnixStream::connect(path).map_err(|err| match err.kind() {
         std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
             "permission denied on {}: the control socket serves root only",
             path.display()
@@ -195,7 +302,45 @@ pub fn ask(path: &Path, request: &Request) -> Result<Reply> {
             path.display()
         ),
         _ => anyhow::anyhow!("connecting to {}: {err}", path.display()),
-    })?;
+    })
+}
+
+/// Asks the daemon at `path` for its decisions (of `workload`, if given) and calls `each`
+/// with every line it streams, until `each` returns false or the daemon goes away.
+pub fn follow_events(
+    path: &Path,
+    workload: Option<String>,
+    mut each: impl FnMut(&str) -> bool,
+) -> Result<()> {
+    let mut stream = connect(path)?;
+    let mut text = serde_json::to_string(&Request::Events { workload })?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    let mut lines = BufReader::new(&stream).lines();
+    let first = lines
+        .next()
+        .context("the daemon closed the connection")?
+        .context("reading the daemon's answer")?;
+    let reply: Reply =
+        serde_json::from_str(&first).with_context(|| format!("the daemon answered {first:?}"))?;
+    if !reply.ok {
+        bail!(
+            "{}",
+            reply.error.unwrap_or_else(|| "the daemon refused".into())
+        );
+    }
+    for line in lines {
+        let line = line.context("reading from the daemon")?;
+        if !each(&line) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request to the daemon at `path` and waits for its answer.
+pub fn ask(path: &Path, request: &Request) -> Result<Reply> {
+    let mut stream = connect(path)?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT + Duration::from_secs(5)))?;
     let mut text = serde_json::to_string(request)?;
     text.push('\n');

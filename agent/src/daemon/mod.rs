@@ -118,6 +118,8 @@ struct Daemon {
     last_reload: LastReload,
     started: SystemTime,
     adopted: bool,
+    /// Clients of `bridle events --follow`.
+    followers: control::Followers,
 }
 
 /// Runs `bridle daemon` until SIGTERM or SIGINT; enforcement stays pinned afterwards.
@@ -170,10 +172,11 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         last_reload: LastReload::Never,
         started: SystemTime::now(),
         adopted,
+        followers: control::Followers::default(),
     };
     crate::os::on_stop_signals(on_signal)?;
     let (requests_tx, requests) = mpsc::channel();
-    let server = control::Server::start(&args.socket, requests_tx)?;
+    let server = control::Server::start(&args.socket, requests_tx, daemon.followers.clone())?;
     daemon.reconcile();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     daemon.notify_status();
@@ -598,6 +601,7 @@ impl Daemon {
         if !decided.permitted {
             info!(cgroup = %w.path.display(), pid = decided.tgid, "{}", described.line.trim_start_matches("bridle: "));
         }
+        self.publish(&described.record);
         if let Err(err) = self.audit.append(described.record) {
             error!("appending to the audit trail: {err:#}");
         }
@@ -728,10 +732,36 @@ impl Daemon {
             rule,
             permit_id: None,
         };
+        self.publish(&fields);
         // A quarantine step is rare and an operator acts on it: on disk at once.
         if let Err(err) = self.audit.append(fields).and_then(|_| self.audit.flush()) {
             error!("appending to the audit trail: {err:#}");
         }
+    }
+
+    /// Hands a decision to the clients following them, in the audit record's terms.
+    fn publish(&self, fields: &RecordFields) {
+        if self.followers.is_empty() {
+            return;
+        }
+        let time = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let line = json!({
+            "time": time,
+            "workload": fields.workload,
+            "pid": fields.pid,
+            "uid": fields.uid,
+            "comm": fields.comm,
+            "action": fields.action,
+            "object": fields.object,
+            "effect": fields.effect.as_str(),
+            "code": fields.code.as_str(),
+            "rule": fields.rule,
+            "permit_id": fields.permit_id,
+        });
+        self.followers.publish(&fields.workload, &line.to_string());
     }
 
     fn notify_status(&self) {
@@ -746,6 +776,8 @@ impl Daemon {
     fn answer(&mut self, request: Request) -> Reply {
         match request {
             Request::Status => Reply::ok(self.status()),
+            // The control thread serves followers itself.
+            Request::Events { .. } => Reply::error("events are served by the control socket"),
             Request::Release { cgroup, quarantine } => {
                 if !quarantine {
                     return Reply::error(
