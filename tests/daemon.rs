@@ -7,6 +7,7 @@ use bridle_tests::{
     workspace_root, Finished,
 };
 use std::{
+    collections::BTreeMap,
     fs,
     os::unix::net::UnixDatagram,
     path::PathBuf,
@@ -559,6 +560,134 @@ fn events_follow_streams_each_decision_of_the_workload_asked() {
         latest.stdout.contains("exec /usr/bin/touch -> refuse"),
         "{}",
         latest.stdout
+    );
+}
+
+/// The fields of one datagram of the journal's native protocol: `KEY=value` lines, or `KEY`,
+/// a newline, a little-endian 64-bit length and that many bytes (for values with newlines).
+fn journal_fields(mut data: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    while !data.is_empty() {
+        let Some(end) = data.iter().position(|b| *b == b'\n') else {
+            break;
+        };
+        let line = &data[..end];
+        if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            fields.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            data = &data[end + 1..];
+            continue;
+        }
+        let rest = &data[end + 1..];
+        let Some(len) = rest.get(..8) else { break };
+        let len = u64::from_le_bytes(len.try_into().expect("8 bytes")) as usize;
+        let Some(value) = rest.get(8..8 + len) else {
+            break;
+        };
+        fields.insert(
+            String::from_utf8_lossy(line).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        );
+        data = rest.get(8 + len + 1..).unwrap_or(&[]);
+    }
+    fields
+}
+
+/// Removes the stand-in journal socket (and the directories it created) on drop.
+struct FakeJournal {
+    created: Vec<PathBuf>,
+}
+
+impl Drop for FakeJournal {
+    fn drop(&mut self) {
+        for p in self.created.iter().rev() {
+            let _ = fs::remove_file(p).or_else(|_| fs::remove_dir(p));
+        }
+    }
+}
+
+#[test]
+fn under_systemd_the_daemon_writes_native_journal_entries() {
+    require_root();
+    let _k = kernel_lock();
+    let socket = PathBuf::from("/run/systemd/journal/socket");
+    assert!(
+        !socket.exists(),
+        "a journald listens at {}: this test stands in for it on hosts without one",
+        socket.display()
+    );
+    let mut fake = FakeJournal {
+        created: Vec::new(),
+    };
+    for dir in ["/run/systemd", "/run/systemd/journal"] {
+        let dir = PathBuf::from(dir);
+        if !dir.exists() {
+            fs::create_dir(&dir).expect("journal dir");
+            fake.created.push(dir);
+        }
+    }
+    let journal = UnixDatagram::bind(&socket).expect("stand-in journal socket");
+    fake.created.push(socket.clone());
+    journal
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut s = Setup::new("journal");
+    fs::create_dir_all(s.group.join("agent")).expect("workload cgroup");
+    // What systemd sets when it connects stderr to the journal.
+    let child = Command::new(bridle_bin())
+        .arg("daemon")
+        .arg("--config")
+        .arg(s.dir.path().join("bridle.toml"))
+        .arg("--pin-dir")
+        .arg(&s.pin_dir)
+        .arg("--socket")
+        .arg(s.socket())
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("NOTIFY_SOCKET", s.dir.path().join("notify.sock"))
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(s.dir.path().join("daemon.log")).expect("log"))
+        .spawn()
+        .expect("start the daemon");
+    s.daemon = Some(child);
+    s.wait_notify("READY=1");
+    let start = Instant::now();
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let is_confined =
+        |e: &BTreeMap<String, String>| e.get("MESSAGE").map(String::as_str) == Some("confined");
+    while start.elapsed() < DEADLINE {
+        if let Ok(n) = journal.recv(&mut buf) {
+            let entry = journal_fields(&buf[..n]);
+            let confined = is_confined(&entry);
+            entries.push(entry);
+            if confined {
+                break;
+            }
+        }
+    }
+    let confined = entries
+        .iter()
+        .find(|e| is_confined(e))
+        .unwrap_or_else(|| panic!("no journal entry for the confinement: {entries:?}"));
+    let workload = s.group.join("agent").display().to_string();
+    for (field, value) in [
+        ("SYSLOG_IDENTIFIER", "bridle"),
+        ("PRIORITY", "6"),
+        ("CGROUP", workload.as_str()),
+        ("POLICY", "daemon-test"),
+    ] {
+        assert_eq!(
+            confined.get(field).map(String::as_str),
+            Some(value),
+            "{field} in {confined:?}"
+        );
+    }
+    assert!(
+        !s.log().contains("confined"),
+        "with a journal, entries go there, not to stderr: {}",
+        s.log()
     );
 }
 

@@ -57,9 +57,10 @@ pub struct DaemonArgs {
     /// The control socket.
     #[arg(long, default_value = control::DEFAULT_SOCKET, env = "BRIDLE_SOCKET")]
     pub socket: PathBuf,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format (default: the journal's native protocol when systemd connected stderr to
+    /// the journal, else text).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// How the daemon writes its log.
@@ -69,6 +70,8 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// Structured entries sent to the journal (every field a journal field: CGROUP, ACTION…).
+    Journal,
 }
 
 /// The signal that asked for something (0: none).
@@ -240,15 +243,47 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BRIDLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(format: Option<LogFormat>) {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("BRIDLE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    // systemd sets JOURNAL_STREAM when it connects stderr to the journal.
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let format = format.unwrap_or(if under_journal {
+        LogFormat::Journal
+    } else {
+        LogFormat::Text
+    });
+    if format == LogFormat::Journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // Field names as operators query them (`journalctl CGROUP=…`), and info at
+                // the journal's own informational priority.
+                let layer = layer
+                    .with_syslog_identifier("bridle".to_owned())
+                    .with_field_prefix(None)
+                    .with_priority_mappings(tracing_journald::PriorityMappings {
+                        info: tracing_journald::Priority::Informational,
+                        debug: tracing_journald::Priority::Debug,
+                        ..tracing_journald::PriorityMappings::new()
+                    });
+                let _ = tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .try_init();
+                return;
+            }
+            Err(err) => eprintln!("bridle: no journal to log to ({err}); logging text to stderr"),
+        }
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text | LogFormat::Journal => builder.with_target(false).try_init(),
     };
 }
 
