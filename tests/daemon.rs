@@ -16,6 +16,10 @@ use std::{
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
+/// A shell's status when the command it ran was killed by SIGKILL (the kill-on-exec tier).
+const KILLED: i32 = 128 + libc::SIGKILL;
+/// A shell's status when it could not exec a command (execve failed with EPERM).
+const EPERM_IN_SHELL: i32 = 126;
 
 /// A policy that permits the system's programs and refuses /usr/bin/touch by name.
 const REFUSE_TOUCH: &str = r#"
@@ -150,6 +154,28 @@ impl Setup {
         finish(cmd, DEADLINE).code
     }
 
+    /// The exec tier the running daemon reports.
+    fn exec_tier(&self) -> String {
+        let status = self.bridle(&["status", "--json"]);
+        assert_eq!(status.code, 0, "{}", status.stderr);
+        let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+        json["tiers"]["exec"]
+            .as_str()
+            .and_then(|t| t.split(':').next())
+            .expect("tiers.exec")
+            .to_owned()
+    }
+
+    /// The status `in_workload` returns for an exec the running daemon refuses: the shell's
+    /// 126 for EPERM (LSM and fanotify tiers), or 137 for a SIGKILL (kill tier).
+    fn refused(&self) -> i32 {
+        if self.exec_tier() == "kill" {
+            KILLED
+        } else {
+            EPERM_IN_SHELL
+        }
+    }
+
     fn wait_workloads(&self, n: usize) {
         let start = Instant::now();
         while start.elapsed() < DEADLINE {
@@ -215,7 +241,8 @@ fn enforcement_survives_a_killed_daemon_and_a_restart_adopts_it() {
     );
     let marker = s.dir.path().join("marker");
     let touch = format!("/usr/bin/touch {}", marker.display());
-    assert_eq!(s.in_workload("w1", &touch), 128 + libc::SIGKILL);
+    let tier = s.exec_tier();
+    assert_eq!(s.in_workload("w1", &touch), s.refused(), "tier {tier}");
     assert_eq!(
         s.in_workload("w1", "/usr/bin/true"),
         0,
@@ -223,8 +250,14 @@ fn enforcement_survives_a_killed_daemon_and_a_restart_adopts_it() {
     );
 
     s.signal(libc::SIGKILL);
-    // No daemon: the pinned programs still hold the workload.
-    assert_eq!(s.in_workload("w1", &touch), 128 + libc::SIGKILL);
+    // No daemon: the pinned programs still hold the workload. The fanotify tier's group died
+    // with the daemon; the pinned kill-on-exec backstop refuses instead.
+    let dead = if tier == "lsm" {
+        EPERM_IN_SHELL
+    } else {
+        KILLED
+    };
+    assert_eq!(s.in_workload("w1", &touch), dead, "tier {tier}");
     assert!(
         !marker.exists(),
         "a refused exec ran while the daemon was down"
@@ -241,7 +274,7 @@ fn enforcement_survives_a_killed_daemon_and_a_restart_adopts_it() {
     // A cgroup created while the daemon runs is confined within its scan interval.
     fs::create_dir_all(s.group.join("w2")).expect("w2");
     s.wait_workloads(2);
-    assert_eq!(s.in_workload("w2", &touch), 128 + libc::SIGKILL);
+    assert_eq!(s.in_workload("w2", &touch), s.refused());
     assert!(!marker.exists());
 
     // Nothing lost: the refusal while no daemon ran reached the audit trail after the restart.
@@ -270,6 +303,61 @@ fn enforcement_survives_a_killed_daemon_and_a_restart_adopts_it() {
 
     drop(s);
     wait_no_programs();
+}
+
+#[test]
+fn processes_running_before_the_daemon_and_moved_in_later_are_judged() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("running");
+    let cg = s.group.join("w1");
+    fs::create_dir_all(&cg).expect("w1");
+    let go = s.dir.path().join("go");
+    let rc = s.dir.path().join("rc");
+    let marker = s.dir.path().join("marker");
+    // Already in the workload's cgroup when the daemon starts.
+    let mut early = Command::new("/bin/sh");
+    early
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {procs}; while [ ! -e {go} ]; do sleep 0.05; done; /usr/bin/touch {marker}; echo $? > {rc}",
+            procs = cg.join("cgroup.procs").display(),
+            go = go.display(),
+            marker = marker.display(),
+            rc = rc.display(),
+        ))
+        .stderr(Stdio::null());
+    let mut early = early.spawn().expect("early process");
+    let start = Instant::now();
+    while !fs::read_to_string(cg.join("cgroup.procs"))
+        .unwrap_or_default()
+        .contains(&early.id().to_string())
+        && start.elapsed() < DEADLINE
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.start();
+    s.wait_workloads(1);
+    fs::write(&go, "").expect("go");
+    let status = early.wait().expect("early process ends");
+    assert!(status.success(), "{status:?}");
+    let code: i32 = fs::read_to_string(&rc)
+        .expect("its exit status")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert_eq!(code, s.refused(), "{}", s.log());
+    assert!(!marker.exists(), "the refused exec ran");
+    // Moved in from outside while the daemon runs (the shell moves itself, then execs).
+    let touch = format!("/usr/bin/touch {}", marker.display());
+    assert_eq!(s.in_workload("w1", &touch), s.refused(), "{}", s.log());
+    assert!(!marker.exists(), "the refused exec ran");
+    // Outsiders are not judged.
+    let outside = Command::new("/usr/bin/touch")
+        .arg(&marker)
+        .status()
+        .expect("touch outside");
+    assert!(outside.success(), "an outsider's exec was refused");
 }
 
 #[test]
@@ -307,7 +395,7 @@ fn a_reload_applies_every_policy_or_none() {
     let touch = format!("/usr/bin/touch {}", s.dir.path().join("m").display());
     assert_eq!(
         s.in_workload("w1", &touch),
-        128 + libc::SIGKILL,
+        s.refused(),
         "the old policy stays"
     );
 
@@ -392,15 +480,16 @@ fn refusals_past_the_threshold_quarantine_the_workload_until_lifted() {
     s.wait_workloads(1);
     // Permitted before the threshold.
     assert_eq!(s.in_workload("agent", "/usr/bin/true"), 0, "{}", s.log());
-    // Three refusals (the kill tier: each dies by SIGKILL) cross it.
+    // Three refusals cross it.
+    let refused = s.refused();
     for _ in 0..3 {
-        assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), 137);
+        assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), refused);
     }
     wait_quarantined(&s, &cg, Some("refuse-all"));
     // Now even a permitted program is refused, for every process of the workload.
     assert_eq!(
         s.in_workload("agent", "/usr/bin/true"),
-        137,
+        refused,
         "refuse-all lets nothing run\n{}",
         s.log()
     );
@@ -424,13 +513,14 @@ fn refusals_past_the_threshold_quarantine_the_workload_until_lifted() {
         .lines()
         .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            Some(if v["action"] == "quarantine" {
-                "quarantine"
+            if v["action"] == "quarantine" {
+                Some("quarantine")
             } else if v["action"] == "quarantine-lifted" {
-                "lifted"
+                Some("lifted")
             } else {
-                "other"
-            })
+                // The exec refused during the quarantine, audited with its code.
+                None
+            }
         })
         .collect();
     assert_eq!(steps, ["quarantine", "lifted"], "{}", audit.stdout);
@@ -461,7 +551,8 @@ fn a_freeze_quarantine_stops_every_process_until_lifted() {
         ))
         .stdout(Stdio::null());
     let mut sleeper = cmd.spawn().expect("sleeper");
-    assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), 137);
+    let refused = s.refused();
+    assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), refused);
     // The second refusal freezes the workload, perhaps before this shell exits: not waited
     // for until the quarantine is lifted.
     let mut second = Command::new("/bin/sh");
@@ -492,7 +583,10 @@ fn a_freeze_quarantine_stops_every_process_until_lifted() {
     let events = fs::read_to_string(cg.join("cgroup.events")).expect("cgroup.events");
     assert!(events.contains("frozen 0"), "{events}");
     let status = second.wait().expect("second refusal ends once thawed");
-    assert_eq!(status.code(), Some(137), "{status:?}");
+    let code = status
+        .code()
+        .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s));
+    assert_eq!(code, Some(refused), "{status:?}");
     // SAFETY: kill(2) on the pid of the child this test started.
     unsafe { libc::kill(sleeper.id() as i32, libc::SIGKILL) };
     let _ = sleeper.wait();
@@ -530,7 +624,10 @@ fn events_follow_streams_each_decision_of_the_workload_asked() {
     });
     // Give the follower time to register, then act.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(s.in_workload("agent", "/usr/bin/touch /dev/null"), 137);
+    assert_eq!(
+        s.in_workload("agent", "/usr/bin/touch /dev/null"),
+        s.refused()
+    );
     let start = Instant::now();
     let mut seen = Vec::new();
     let refused = |l: &String| {

@@ -42,6 +42,16 @@ fn refused_status(tier: &str) -> &'static str {
     }
 }
 
+/// The status of a refused exec that only the BPF LSM and kill tiers see: a direct exec of
+/// the dynamic loader, or of a memfd.
+fn backstop_status(tier: &str) -> &'static str {
+    if tier == "lsm" {
+        "1"
+    } else {
+        "137"
+    }
+}
+
 struct Scene {
     dir: tempfile::TempDir,
 }
@@ -265,12 +275,11 @@ fn the_loader_memfds_and_deleted_files_are_refused_unless_allowed() {
         let policy = scene.policy("", "");
         let f = run(&tier, &policy, &script);
         let ctx = format!("tier {tier}, refusing\n{}", show(&f));
-        saw(&f, "ldso", refused_status(&tier));
-        // memfds sit on an internal filesystem no fanotify mark reaches on this kernel. A
-        // dynamic memfd binary is refused when it opens a loader no judged exec named (EPERM);
-        // a static one would meet the kill-on-exec backstop.
-        let memfd = refused_status(&tier);
-        saw(&f, "memfd", memfd);
+        // The fanotify tier never asks about the system's loader (a dynamic binary's exec
+        // opens it after the binary was judged), and memfds sit on an internal filesystem no
+        // mark reaches: a direct loader exec and a memfd exec meet the kill-on-exec backstop.
+        saw(&f, "ldso", backstop_status(&tier));
+        saw(&f, "memfd", backstop_status(&tier));
         saw(&f, "deleted", refused_status(&tier));
         for m in ["ran-ldso", "ran-memfd", "ran-deleted"] {
             assert!(!f.stdout.contains(m), "{m}\n{ctx}");

@@ -21,6 +21,7 @@
 //! Every step runs between fork and exec, so it is prepared before the fork and makes only
 //! async-signal-safe system calls.
 
+use crate::fanotify::mounts::MountMarker;
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
 
 /// Capabilities a workload never keeps (numbers from `linux/capability.h`).
@@ -69,6 +70,7 @@ pub struct Hardening {
     read_only: Vec<CString>,
     cgroup_root: CString,
     drop_raw: bool,
+    exec_marks: Option<MountMarker>,
 }
 
 impl Hardening {
@@ -91,7 +93,14 @@ impl Hardening {
             read_only,
             cgroup_root,
             drop_raw,
+            exec_marks: None,
         })
+    }
+
+    /// Has the workload's first process mark its mounts for the fanotify exec tier once they
+    /// are final; failing to mark the root mount fails the start.
+    pub fn mark_exec_mounts(&mut self, marker: MountMarker) {
+        self.exec_marks = Some(marker);
     }
 
     /// Applies the hardening. Call it in the child between fork and exec, after the child
@@ -109,7 +118,7 @@ impl Hardening {
     /// child forked from a multi-threaded process; it changes the calling process's
     /// namespaces, mounts and capabilities for good, and the two processes it leaves behind
     /// never return from it.
-    pub unsafe fn apply(&self) -> io::Result<()> {
+    pub unsafe fn apply(&mut self) -> io::Result<()> {
         check(libc::unshare(
             libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS | libc::CLONE_NEWPID,
         ))?;
@@ -136,6 +145,11 @@ impl Hardening {
                 libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
                 std::ptr::null(),
             ))?;
+        }
+        // Every mount the command can exec from exists now (the /proc and cgroup2 mounts
+        // below are noexec).
+        if let Some(marker) = &mut self.exec_marks {
+            marker.mark_all()?;
         }
         // The init reports the command's wait status here.
         let mut status_pipe = [0 as libc::c_int; 2];

@@ -30,3 +30,19 @@ pub fn on_stop_signals(handler: extern "C" fn(libc::c_int)) -> Result<()> {
     }
     Ok(())
 }
+
+/// The comm and real uid of a live process (best effort: it may be gone already).
+pub fn proc_identity(pid: i32) -> (String, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    let comm = field("Name:").unwrap_or_default();
+    let uid = field("Uid:")
+        .and_then(|v| v.split_whitespace().next().and_then(|u| u.parse().ok()))
+        .unwrap_or(u32::MAX);
+    (comm, uid)
+}

@@ -154,9 +154,92 @@ __attribute__((always_inline)) int bridle_read_exec_place(const struct linux_bin
 	return 0;
 }
 
+struct kernfs_node {
+	u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup_subsys_state {
+	struct cgroup_subsys_state *parent;
+} __attribute__((preserve_access_index));
+
+struct cgroup_root {
+	int hierarchy_id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct cgroup_subsys_state self;
+	struct kernfs_node *kn;
+	struct cgroup_root *root;
+} __attribute__((preserve_access_index));
+
+// Whether `cgrp` is on the cgroup v2 hierarchy (the default root, hierarchy id 0) rather than
+// a v1 controller's: only v2 cgroups are workloads.
+__attribute__((always_inline)) int bridle_cgroup_is_v2(const struct cgroup *cgrp)
+{
+	struct cgroup_root *root = 0;
+	int id = -1;
+
+	if (READ_KERNEL(root, cgrp->root))
+		return 0;
+	if (READ_KERNEL(id, root->hierarchy_id))
+		return 0;
+	return id == 0;
+}
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int tgid;
+	struct css_set *cgroups;
 } __attribute__((preserve_access_index));
+
+// How many cgroups a chain holds (bridle-common's MAX_CGROUP_DEPTH).
+#define CGROUP_CHAIN 16
+
+// Fills ids with the cgroup ids (kernfs node ids, the directories' inode numbers) of `cgrp`
+// and its ancestors, nearest first, the root last; returns how many. A cgroup's `self` css
+// is its first member, so a css parent pointer is the parent cgroup's address; the offset is
+// still taken from the kernel's BTF rather than assumed.
+__attribute__((always_inline)) u32 bridle_cgroup_chain(const struct cgroup *cgrp, u64 *ids)
+{
+	u32 n = 0;
+	unsigned long self = __builtin_preserve_field_info(cgrp->self, 0 /* BYTE_OFFSET */);
+
+	for (int i = 0; i < CGROUP_CHAIN; i++) {
+		struct kernfs_node *kn = 0;
+		struct cgroup_subsys_state *parent = 0;
+		u64 id = 0;
+
+		if (!cgrp)
+			break;
+		if (READ_KERNEL(kn, cgrp->kn))
+			break;
+		if (READ_KERNEL(id, kn->id))
+			break;
+		ids[i] = id;
+		n = i + 1;
+		if (READ_KERNEL(parent, cgrp->self.parent))
+			break;
+		cgrp = parent ? (const struct cgroup *)((const char *)parent - self) : 0;
+	}
+	return n;
+}
+
+// The cgroup chain of `task`'s cgroup v2 cgroup (see bridle_cgroup_chain); 0 on a fault.
+__attribute__((always_inline)) u32 bridle_task_cgroup_chain(const struct task_struct *task,
+							     u64 *ids)
+{
+	struct css_set *cset = 0;
+	struct cgroup *cgrp = 0;
+
+	if (READ_KERNEL(cset, task->cgroups))
+		return 0;
+	if (READ_KERNEL(cgrp, cset->dfl_cgrp))
+		return 0;
+	return bridle_cgroup_chain(cgrp, ids);
+}
 
 // The thread-group id (user space's pid) of `task`, or 0 when the read faults.
 __attribute__((always_inline)) u32 bridle_task_tgid(const struct task_struct *task)

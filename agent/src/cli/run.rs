@@ -8,7 +8,10 @@
 use crate::{
     cgroup::{self, Cgroup},
     dns::{self, DnsConfig, DnsReport, Resolver},
-    fanotify::{bpfmap::BpfMap, AskConfig, AskDecision, ExecAsk},
+    fanotify::{
+        bpfmap::BpfMap, mounts::MountMarker, AskConfig, AskDecision, AskTable, ExecAsk, MarkScope,
+        WorkloadAsk,
+    },
     harden::Hardening,
     issuer::Issuer,
     kernel::{
@@ -202,26 +205,40 @@ fn confine_and_wait(
     )?;
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
-    // The fanotify tier: its task table gets the first process before it execs (below);
-    // everything it forks the kernel records itself.
+    // The fanotify tier. The task table records the first process when it moves itself into
+    // the cgroup (below), and everything it forks.
     let (decisions_tx, decisions) = std::sync::mpsc::channel::<AskDecision>();
-    let (ask, tasks_fd) = if tier == ExecTier::Fanotify {
+    let ask = if tier == ExecTier::Fanotify {
+        let workloads = AskTable::default();
+        workloads
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(
+                cgroup.id(),
+                Arc::new(WorkloadAsk {
+                    workload: cgroup.id(),
+                    slot,
+                    engine: Arc::clone(engine),
+                    rules: compiled.rules.iter().map(|r| r.name.clone()).collect(),
+                    observe,
+                    allow_anonymous: compiled.allow_anonymous_exec,
+                    quarantined: false,
+                }),
+            );
         let ask = ExecAsk::start(AskConfig {
-            workload: cgroup.id(),
-            slot,
+            // The workload gets its own mount namespace (crate::harden): only its mounts are
+            // marked, from inside it, so no other exec on the host waits for us.
+            scope: MarkScope::WorkloadMounts,
+            workloads,
             decisions: decisions_tx,
-            engine: Arc::clone(engine),
-            rules: compiled.rules.iter().map(|r| r.name.clone()).collect(),
-            observe,
-            allow_anonymous: compiled.allow_anonymous_exec,
             deadline: ASK_DEADLINE,
             tasks: BpfMap::new(enforcer.map_fd("TASKS")?),
             exec_rules: BpfMap::new(enforcer.map_fd("EXEC_RULES")?),
         })
         .context("starting the fanotify exec tier")?;
-        (Some(ask), Some(BpfMap::new(enforcer.map_fd("TASKS")?)))
+        Some(ask)
     } else {
-        (None, None)
+        None
     };
     // Said only now that every part of the tier is in place: never claim what is not active.
     let forced = if tier < probe.best {
@@ -229,13 +246,11 @@ fn confine_and_wait(
     } else {
         String::new()
     };
-    let marks = ask
-        .as_ref()
-        .map(|a| {
-            let names: Vec<String> = a.marked.iter().map(|m| m.display().to_string()).collect();
-            format!(" (filesystems asked: {})", names.join(" "))
-        })
-        .unwrap_or_default();
+    let marks = if ask.is_some() {
+        " (the workload's own mounts are asked; other processes are not)"
+    } else {
+        ""
+    };
     eprintln!(
         "bridle: exec tier: {tier}{forced}: {}{marks}",
         tier.effect()
@@ -282,14 +297,12 @@ fn confine_and_wait(
         .path()
         .parent()
         .context("the run's cgroup has no parent")?;
-    let hardening = Hardening::new(protected.into_iter().flatten(), cgroup_root, drop_raw)
+    let mut hardening = Hardening::new(protected.into_iter().flatten(), cgroup_root, drop_raw)
         .context("preparing the workload's namespaces")?;
-    let child = spawn_in_cgroup(
-        &args.command,
-        cgroup,
-        tasks_fd.as_ref().map(|m| (m.raw_fd(), cgroup.id())),
-        hardening,
-    )?;
+    if let Some(ask) = &ask {
+        hardening.mark_exec_mounts(MountMarker::new(ask.group_fd()));
+    }
+    let child = spawn_in_cgroup(&args.command, cgroup, hardening)?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
         crate::os::wait_readable(events.as_raw_fd(), Duration::from_millis(50));
@@ -436,7 +449,7 @@ impl Reporter<'_> {
             );
         }
         let rule = rule.strip_prefix(", rule ").map(str::to_owned);
-        let (comm, uid) = proc_identity(d.pid);
+        let (comm, uid) = (d.comm.clone(), d.uid);
         let (effect, code) = if d.observed {
             (Effect::Permit, Code::Observed)
         } else {
@@ -491,7 +504,7 @@ impl Reporter<'_> {
             _ => (Effect::Permit, report.code()),
         };
         let (comm, uid) = if report.pid != 0 {
-            proc_identity(report.pid as i32)
+            crate::os::proc_identity(report.pid as i32)
         } else {
             (String::new(), u32::MAX)
         };
@@ -540,31 +553,9 @@ impl Reporter<'_> {
     }
 }
 
-/// The comm and real uid of a live process (best effort: it may be gone already).
-fn proc_identity(pid: i32) -> (String, u32) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-    };
-    let comm = field("Name:").unwrap_or_default();
-    let uid = field("Uid:")
-        .and_then(|v| v.split_whitespace().next().and_then(|u| u.parse().ok()))
-        .unwrap_or(u32::MAX);
-    (comm, uid)
-}
-
-/// Starts `command` as a child that joins `cgroup` before it execs; with `tasks` (the task
-/// table's fd and the workload id) it also enters itself there, so its first exec is asked;
-/// then it applies `hardening` (see crate::harden).
-fn spawn_in_cgroup(
-    command: &[OsString],
-    cgroup: &Cgroup,
-    tasks: Option<(RawFd, u64)>,
-    hardening: Hardening,
-) -> Result<u32> {
+/// Starts `command` as a child that joins `cgroup` before it execs, then applies `hardening`
+/// (see crate::harden).
+fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup, mut hardening: Hardening) -> Result<u32> {
     let (program, rest) = command.split_first().context("no command given after --")?;
     let procs_path = cgroup.path().join("cgroup.procs");
     let procs = OpenOptions::new()
@@ -587,18 +578,6 @@ fn spawn_in_cgroup(
             // them unconfined. (Its own children are not covered; see the README.)
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
-            }
-            if let Some((fd, workload)) = tasks {
-                let pid = libc::getpid() as u32;
-                let rc = crate::fanotify::bpfmap::update_raw(
-                    fd,
-                    (&pid as *const u32).cast(),
-                    (&workload as *const u64).cast(),
-                    crate::fanotify::bpfmap::BPF_ANY,
-                );
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
             }
             hardening.apply()
         });

@@ -5,6 +5,7 @@
 //! policy_dir = "/etc/bridle/policies"
 //! invariants = "/etc/bridle/invariants.toml"   # optional
 //! scan_interval = "500ms"
+//! exec_tier = "kill"           # optional: a lower exec tier than the best the kernel offers
 //!
 //! [[confine]]
 //! cgroup = "agents/*"          # a glob over cgroup paths below the cgroup v2 root
@@ -12,6 +13,7 @@
 //! mode = "observe"             # optional: overrides the policy's mode for these workloads
 //! ```
 
+use crate::kernel::tier::ExecTier;
 use anyhow::{anyhow, Context, Result};
 use bridle_engine::{duration::parse_duration, Mode};
 use globset::{Glob, GlobMatcher};
@@ -35,6 +37,9 @@ pub struct Config {
     pub scan_interval: Duration,
     /// Which cgroups are confined, by which policy.
     pub confine: Vec<Confine>,
+    /// The exec tier to run instead of the best the kernel offers (only a lower one); read at
+    /// start, as the tier's programs are pinned.
+    pub exec_tier: Option<ExecTier>,
 }
 
 /// One `[[confine]]` entry.
@@ -57,6 +62,7 @@ struct Raw {
     policy_dir: Option<PathBuf>,
     invariants: Option<PathBuf>,
     scan_interval: Option<String>,
+    exec_tier: Option<toml::Spanned<String>>,
     #[serde(default)]
     confine: Vec<RawConfine>,
 }
@@ -95,6 +101,22 @@ impl Config {
                 parse_duration(text).map_err(|e| anyhow!("{origin}: error: scan_interval: {e}"))?
             }
             None => Duration::from_millis(500),
+        };
+        let exec_tier = match &raw.exec_tier {
+            None => None,
+            Some(t) => Some(match t.get_ref().as_str() {
+                "lsm" => ExecTier::Lsm,
+                "fanotify" => ExecTier::Fanotify,
+                "kill" => ExecTier::Kill,
+                other => {
+                    return Err(at(
+                        t.span(),
+                        &format!(
+                            "exec_tier must be \"lsm\", \"fanotify\" or \"kill\", not {other:?}"
+                        ),
+                    ))
+                }
+            }),
         };
         let mut confine = Vec::new();
         for c in raw.confine {
@@ -139,6 +161,7 @@ impl Config {
             invariants: raw.invariants,
             scan_interval,
             confine,
+            exec_tier,
         })
     }
 
@@ -178,6 +201,15 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.scan_interval, Duration::from_millis(250));
+        assert_eq!(c.exec_tier, None);
+        let forced = Config::parse("exec_tier = \"kill\"\n", "b.toml").expect("valid");
+        assert_eq!(forced.exec_tier, Some(ExecTier::Kill));
+        let err = Config::parse("exec_tier = \"fast\"\n", "b.toml").expect_err("bad tier");
+        assert!(
+            err.to_string()
+                .starts_with("b.toml:1:13: error: exec_tier must be"),
+            "{err}"
+        );
         assert_eq!(c.policy_path("x"), PathBuf::from("/p/x.toml"));
         let e = c.entry_for("agents/one").expect("matches");
         assert_eq!(e.policy, "coding-agent");

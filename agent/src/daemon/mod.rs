@@ -12,11 +12,14 @@ mod quarantine;
 
 use crate::{
     cgroup,
+    fanotify::{bpfmap::BpfMap, AskConfig, AskDecision, AskTable, ExecAsk, MarkScope, WorkloadAsk},
     issuer::Issuer,
     kernel::{
         entries::{self, KernelEntries},
         events::Decided,
-        net, pins, Enforcer,
+        net, pins,
+        tier::{self, ExecTier},
+        Enforcer,
     },
 };
 use anyhow::{bail, Context, Result};
@@ -39,7 +42,7 @@ use std::{
     process::ExitCode,
     sync::{
         atomic::{AtomicI32, Ordering},
-        mpsc,
+        mpsc, Arc,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -98,6 +101,8 @@ struct Confined {
     next_renewal: Instant,
     /// Counts the kernel's refusals towards the policy's quarantine threshold.
     engine: Engine,
+    /// Judges the workload's execs on the fanotify tier (stateless verdicts).
+    ask_engine: Arc<Engine>,
     /// The quarantine in force, until an operator lifts it.
     quarantined: Option<QuarantineAction>,
 }
@@ -123,7 +128,16 @@ struct Daemon {
     adopted: bool,
     /// Clients of `bridle events --follow`.
     followers: control::Followers,
+    /// The exec tier in force.
+    exec_tier: ExecTier,
+    /// The fanotify tier's ask, and the workloads it judges.
+    ask: Option<ExecAsk>,
+    ask_table: AskTable,
 }
+
+/// Longest an exec of a workload waits for the engine on the fanotify tier before the fail
+/// mode answers.
+const ASK_DEADLINE: Duration = Duration::from_millis(500);
 
 /// Runs `bridle daemon` until SIGTERM or SIGINT; enforcement stays pinned afterwards.
 pub fn run(args: DaemonArgs) -> Result<ExitCode> {
@@ -140,6 +154,11 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         Some(e) => (e, true),
         None => {
             let mut e = Enforcer::load()?;
+            let probe = tier::probe();
+            for (t, why) in &probe.unavailable {
+                info!(tier = %t, "exec tier {t} unavailable: {why}");
+            }
+            e.enable_exec_tier(probe.choose(config.exec_tier)?)?;
             e.pin(&args.pin_dir)?;
             (e, false)
         }
@@ -150,6 +169,39 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         "kernel programs {}",
         if adopted { "adopted from pins: enforcement never stopped" } else { "loaded and pinned" }
     );
+    let mut exec_tier = enforcer.exec_tier();
+    if let Some(wanted) = config.exec_tier.filter(|t| *t != exec_tier) {
+        warn!(
+            "exec_tier {wanted} is configured, but the pinned programs run tier {exec_tier}; \
+             `bridle unload` and a restart change it"
+        );
+    }
+    let ask_table = AskTable::default();
+    let (ask_tx, ask_decisions) = mpsc::channel::<AskDecision>();
+    let ask = if exec_tier == ExecTier::Fanotify {
+        let started = (|| {
+            ExecAsk::start(AskConfig {
+                scope: MarkScope::Filesystems,
+                workloads: Arc::clone(&ask_table),
+                decisions: ask_tx,
+                deadline: ASK_DEADLINE,
+                tasks: BpfMap::new(enforcer.map_fd("TASKS")?),
+                exec_rules: BpfMap::new(enforcer.map_fd("EXEC_RULES")?),
+            })
+        })();
+        match started {
+            Ok(ask) => Some(ask),
+            Err(err) => {
+                // The backstop holds; say truthfully which tier that is.
+                error!("the fanotify exec tier did not start, refused execs are killed instead: {err:#}");
+                exec_tier = ExecTier::Kill;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    info!(tier = %exec_tier, "exec tier: {exec_tier}: {}", exec_tier.effect());
     let mut events = enforcer.take_events()?;
     let key = Issuer::open(&config.state_dir, Duration::from_secs(600))?.key();
     let audit = AuditWriter::open(
@@ -176,6 +228,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         started: SystemTime::now(),
         adopted,
         followers: control::Followers::default(),
+        exec_tier,
+        ask,
+        ask_table,
     };
     crate::os::on_stop_signals(on_signal)?;
     let (requests_tx, requests) = mpsc::channel();
@@ -197,6 +252,10 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         let mut recorded = false;
         while let Some(item) = events.next() {
             daemon.record(&item);
+            recorded = true;
+        }
+        while let Ok(decision) = ask_decisions.try_recv() {
+            daemon.record_ask(decision);
             recorded = true;
         }
         // Each batch reaches the disk before the next wait: a daemon killed afterwards loses
@@ -238,6 +297,12 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Execs waiting on the group are let through by the kernel when it closes; the pinned
+    // kill-on-exec backstop goes on judging them.
+    drop(daemon.ask.take());
+    while let Ok(decision) = ask_decisions.try_recv() {
+        daemon.record_ask(decision);
+    }
     drop(server);
     daemon.audit.close().context("closing the audit trail")?;
     Ok(ExitCode::SUCCESS)
@@ -313,6 +378,7 @@ fn new_slot() -> u64 {
 struct Prepared {
     policy: Policy,
     engine: Engine,
+    ask_engine: Arc<Engine>,
     compiled: Compiled,
 }
 
@@ -323,6 +389,8 @@ impl Daemon {
             policy.mode = mode;
         }
         let engine = Engine::new(policy.clone()).with_invariants(self.invariants.clone());
+        let ask_engine =
+            Arc::new(Engine::new(policy.clone()).with_invariants(self.invariants.clone()));
         let compiled = engine
             .compile()
             .into_iter()
@@ -331,6 +399,7 @@ impl Daemon {
         Ok(Prepared {
             policy,
             engine,
+            ask_engine,
             compiled,
         })
     }
@@ -433,10 +502,46 @@ impl Daemon {
                 policy_digest: prepared.policy.digest_hex(),
                 next_renewal: Instant::now() + renew,
                 engine: prepared.engine,
+                ask_engine: prepared.ask_engine,
                 quarantined: None,
             },
         );
+        self.sync_ask(id);
+        if self.ask.is_some() {
+            // Processes already in the cgroup: from now on their execs are asked too (those
+            // that fork or move in later are recorded by the kernel).
+            let recorded = self
+                .enforcer
+                .map_fd("TASKS")
+                .and_then(|fd| crate::fanotify::record_running(path, id, &BpfMap::new(fd)));
+            if let Err(err) = recorded {
+                warn!(cgroup = %path.display(), "recording its running processes: {err:#}; their execs meet the kill-on-exec backstop");
+            }
+        }
         Ok(())
+    }
+
+    /// Puts workload `id`'s current judging state in the fanotify ask's table.
+    fn sync_ask(&self, id: u64) {
+        if self.ask.is_none() {
+            return;
+        }
+        let Some(w) = self.workloads.get(&id) else {
+            return;
+        };
+        let ask = Arc::new(WorkloadAsk {
+            workload: id,
+            slot: w.config.slot,
+            engine: Arc::clone(&w.ask_engine),
+            rules: w.compiled.rules.iter().map(|r| r.name.clone()).collect(),
+            observe: w.config.flags & WORKLOAD_OBSERVE != 0,
+            allow_anonymous: w.config.flags & WORKLOAD_ANON_EXEC != 0,
+            quarantined: w.quarantined == Some(QuarantineAction::RefuseAll),
+        });
+        self.ask_table
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id, ask);
     }
 
     /// Brings the confined set in line with the cgroup tree and the configuration.
@@ -504,6 +609,10 @@ impl Daemon {
     }
 
     fn release(&mut self, id: u64) {
+        self.ask_table
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&id);
         if let Err(err) = self.enforcer.forget_workload(id) {
             error!(cgroup = id, "{err:#}");
         }
@@ -586,12 +695,14 @@ impl Daemon {
                 w.issuer = issuer;
                 w.policy_digest = p.policy.digest_hex();
                 w.engine = p.engine;
+                w.ask_engine = p.ask_engine;
                 w.policy_file = file;
                 w.mode = mode;
                 if let Some(name) = name {
                     w.policy_name = name;
                 }
             }
+            self.sync_ask(id);
         }
         self.collect();
         self.reconcile();
@@ -658,6 +769,63 @@ impl Daemon {
         }
     }
 
+    /// Appends one decision of the fanotify tier (which the kernel never reported) to the
+    /// audit trail, logs it, and counts a refusal towards quarantine.
+    fn record_ask(&mut self, d: AskDecision) {
+        let Some(w) = self.workloads.get(&d.workload) else {
+            return;
+        };
+        let (comm, uid) = (d.comm.clone(), d.uid);
+        let (effect, code) = if d.observed {
+            (Effect::Permit, Code::Observed)
+        } else {
+            (Effect::Refuse, d.code)
+        };
+        let permit_id = d
+            .rule
+            .as_deref()
+            .and_then(|r| w.compiled.rules.iter().position(|x| x.name == r))
+            .and_then(|i| w.issuer.stamp(i as u32))
+            .map(|(id, _)| id);
+        let path = w.path.display().to_string();
+        let rule = d.rule.clone();
+        info!(
+            cgroup = %path,
+            pid = d.pid,
+            "{} exec {} ({}{})",
+            if d.observed { "observed" } else { "refused" },
+            d.path,
+            code.as_str(),
+            rule.as_deref().map(|r| format!(", rule {r}")).unwrap_or_default()
+        );
+        let fields = RecordFields {
+            workload: path,
+            pid: d.pid as u32,
+            uid,
+            comm,
+            action: "exec".to_owned(),
+            object: d.path.clone(),
+            effect,
+            code,
+            rule: rule.clone(),
+            permit_id,
+        };
+        self.publish(&fields);
+        if let Err(err) = self.audit.append(fields) {
+            error!("appending to the audit trail: {err:#}");
+        }
+        if d.observed || d.code == Code::Quarantined {
+            return;
+        }
+        let what = format!("exec {}", d.path);
+        let Some(w) = self.workloads.get_mut(&d.workload) else {
+            return;
+        };
+        if let Some(verdict) = w.engine.count_enforced_refusal(rule, &what) {
+            self.start_quarantine(d.workload, verdict);
+        }
+    }
+
     /// Carries out an invalidate verdict on workload `id`, and audits it.
     fn start_quarantine(&mut self, id: u64, verdict: Verdict) {
         let Some(action) = verdict.quarantine else {
@@ -680,6 +848,7 @@ impl Daemon {
         };
         w.quarantined = Some(action);
         let path = w.path.display().to_string();
+        self.sync_ask(id);
         match &outcome {
             Ok(()) => {
                 warn!(cgroup = %path, action = action.as_str(), "quarantined: {}", verdict.reason)
@@ -718,6 +887,7 @@ impl Daemon {
             w.engine.lift_quarantine();
             w.quarantined = None;
         }
+        self.sync_ask(id);
         info!(cgroup = %shown, action = action.as_str(), "quarantine lifted");
         self.collect();
         self.notify_status();
@@ -739,7 +909,9 @@ impl Daemon {
             w.config = config;
             w.issuer = issuer;
             w.engine = p.engine;
+            w.ask_engine = p.ask_engine;
         }
+        self.sync_ask(id);
         Ok(())
     }
 
@@ -873,13 +1045,25 @@ impl Daemon {
             "adopted_pins": self.adopted,
             "pin_dir": self.pin_dir.display().to_string(),
             "tiers": {
-                "exec": "kill (sched_process_exec + SIGKILL); the fanotify and LSM tiers are per `bridle run` in this version",
+                "exec": format!("{}: {}{}", self.exec_tier, self.exec_tier.effect(), match self.exec_tier {
+                    ExecTier::Lsm => " (BPF LSM bprm_check_security)",
+                    ExecTier::Fanotify => " (fanotify FAN_OPEN_EXEC_PERM on every filesystem, kill-on-exec backstop)",
+                    ExecTier::Kill => " (sched_process_exec + SIGKILL)",
+                }),
                 "connect": "cgroup connect4/connect6, sendmsg4/sendmsg6",
                 "raw_sockets": "cgroup sock_create",
                 "unix_sockets": net::UNIX_NOT_ENFORCED,
             },
             "workloads": workloads,
             "events": {"judged": stats.judged, "refused": stats.refused, "lost": stats.events_lost},
+            "exec_asks": self.ask.as_ref().map(|a| json!({
+                "judged": a.stats.judged.load(Ordering::Relaxed),
+                "answered_from_known_permits": a.stats.known.load(Ordering::Relaxed),
+                "refused": a.stats.refused.load(Ordering::Relaxed),
+                "fail_mode": a.stats.failed.load(Ordering::Relaxed),
+                "outsiders": a.stats.outsiders.load(Ordering::Relaxed),
+                "filesystems_marked": a.marked.iter().map(|m| m.display().to_string()).collect::<Vec<_>>(),
+            })),
             "last_reload": last_reload,
         })
     }

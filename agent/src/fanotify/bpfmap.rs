@@ -41,11 +41,6 @@ impl BpfMap {
         BpfMap { fd }
     }
 
-    /// The raw fd, for [`update_raw`].
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
     /// Looks `key` up. `K` and `V` must be the map's exact `repr(C)` key and value types.
     pub fn lookup<K: Copy, V: Copy>(&self, key: &K) -> io::Result<Option<V>> {
         let mut value = MaybeUninit::<V>::uninit();

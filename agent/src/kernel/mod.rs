@@ -54,6 +54,10 @@ pub struct Enforcer {
     objects: Objects,
     /// The exec hook's link, while this process owns it (until it is pinned).
     exec_link: Option<RawTracePointLinkId>,
+    /// The links of the exec tier above kill-on-exec, until they are pinned.
+    tier_links: Vec<tier::TierLink>,
+    /// The exec tier in place.
+    exec_tier: tier::ExecTier,
 }
 
 /// Where programs and maps come from: this process's own load, or the pins a previous daemon
@@ -143,6 +147,8 @@ impl Enforcer {
                 programs: BTreeMap::new(),
             },
             exec_link: Some(exec_link),
+            tier_links: Vec::new(),
+            exec_tier: tier::ExecTier::Kill,
         })
     }
 

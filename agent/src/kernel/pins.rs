@@ -7,20 +7,24 @@
 //! maps/<MAP>                 every map of the object
 //! programs/<program>         the programs a new cgroup attachment needs
 //! links/exec_guard           the kill-on-exec hook
+//! links/exec_lsm             the BPF LSM exec hook, on that tier
+//! links/task_*               the task trackers, on the fanotify tier
 //! links/cgroup-<id>/<prog>   one link per socket program per confined cgroup
 //! ```
 
 use super::{
     dns::RECVMSG_PROGRAMS,
     net::{SENDMSG_PROGRAMS, SOCK_CREATE},
-    program, CgroupLink, Enforcer, Objects, MAP_NAMES,
+    program,
+    tier::{ExecTier, TierLink, LSM_PROGRAM, TASK_TRACKERS},
+    CgroupLink, Enforcer, Objects, MAP_NAMES,
 };
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Map, MapData},
     programs::{
         cgroup_sock::CgroupSockAttachType, links::FdLink, links::PinnedLink, CgroupSock,
-        CgroupSockAddr, CgroupSockAddrAttachType, Program, RawTracePoint,
+        CgroupSockAddr, CgroupSockAddrAttachType, Lsm, Program, RawTracePoint,
     },
 };
 use std::{
@@ -105,6 +109,25 @@ impl Enforcer {
             link.pin(&path)
                 .with_context(|| format!("pinning the exec hook's link at {}", path.display()))?;
         }
+        for link in std::mem::take(&mut self.tier_links) {
+            let (name, link): (&str, FdLink) = match link {
+                TierLink::Lsm(id) => {
+                    let prog: &mut Lsm = program(&mut self.objects, LSM_PROGRAM)?;
+                    let link = prog.take_link(id).context("taking the LSM hook's link")?;
+                    (LSM_PROGRAM, link.into())
+                }
+                TierLink::Tracker(name, id) => {
+                    let prog: &mut RawTracePoint = program(&mut self.objects, name)?;
+                    let link = prog
+                        .take_link(id)
+                        .with_context(|| format!("taking {name}'s link"))?;
+                    (name, link.into())
+                }
+            };
+            let path = dir.join("links").join(name);
+            link.pin(&path)
+                .with_context(|| format!("pinning {name}'s link at {}", path.display()))?;
+        }
         Ok(())
     }
 
@@ -134,6 +157,18 @@ impl Enforcer {
         let prog = CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate)
             .with_context(|| format!("opening the pinned program {}", path.display()))?;
         programs.insert(SOCK_CREATE.to_owned(), Program::CgroupSock(prog));
+        // The tier an earlier daemon chose is the one whose links are pinned.
+        let links = dir.join("links");
+        let exec_tier = if links.join(LSM_PROGRAM).exists() {
+            ExecTier::Lsm
+        } else if TASK_TRACKERS
+            .iter()
+            .all(|(name, _)| links.join(name).exists())
+        {
+            ExecTier::Fanotify
+        } else {
+            ExecTier::Kill
+        };
         Ok(Some(Enforcer {
             objects: Objects {
                 ebpf: None,
@@ -141,6 +176,8 @@ impl Enforcer {
                 programs,
             },
             exec_link: None,
+            tier_links: Vec::new(),
+            exec_tier,
         }))
     }
 
@@ -249,12 +286,18 @@ pub fn unload(dir: &Path) -> Result<()> {
     for cgroup in pinned_cgroups(dir)? {
         release_cgroup(dir, cgroup)?;
     }
-    let exec = dir.join("links").join("exec_guard");
-    if exec.exists() {
-        PinnedLink::from_pin(&exec)
-            .with_context(|| format!("opening {}", exec.display()))?
-            .unpin()
-            .with_context(|| format!("unpinning {}", exec.display()))?;
+    // The exec hook and the tier's links: every file left under links/.
+    if let Ok(entries) = fs::read_dir(dir.join("links")) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_file() {
+                continue;
+            }
+            PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening {}", path.display()))?
+                .unpin()
+                .with_context(|| format!("unpinning {}", path.display()))?;
+        }
     }
     for sub in ["programs", "maps"] {
         let path = dir.join(sub);

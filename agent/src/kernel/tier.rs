@@ -114,7 +114,7 @@ pub fn probe() -> Probe {
 fn probe_lsm() -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
     let mut ebpf = Ebpf::load(OBJECT).context("loading bridle's eBPF object")?;
-    let prog: &mut Lsm = program(&mut ebpf, "exec_lsm")?;
+    let prog: &mut Lsm = program(&mut ebpf, LSM_PROGRAM)?;
     prog.load("bprm_check_security", &btf)
         .context("the kernel refused the BPF LSM program")?;
     // Loaded is not running: the hook only runs when bpf is an active LSM.
@@ -168,34 +168,62 @@ fn tempfile_in_run() -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The BPF LSM tier's program (and its pinned link's name).
+pub const LSM_PROGRAM: &str = "exec_lsm";
+
+/// The fanotify tier's task trackers and their tracepoints (the first names their pinned
+/// links).
+pub const TASK_TRACKERS: [(&str, &str); 3] = [
+    ("task_fork", "sched_process_fork"),
+    ("task_attach", "cgroup_attach_task"),
+    ("task_exit", "sched_process_exit"),
+];
+
+/// A link one exec tier attached, until it is pinned (or dropped with the `Enforcer`).
+#[derive(Debug)]
+pub enum TierLink {
+    /// The BPF LSM program's link.
+    Lsm(aya::programs::lsm::LsmLinkId),
+    /// A task tracker's link, by program name.
+    Tracker(
+        &'static str,
+        aya::programs::raw_trace_point::RawTracePointLinkId,
+    ),
+}
+
 impl Enforcer {
     /// Loads and attaches the programs of `tier` on top of the kill-on-exec backstop, which
     /// [`Enforcer::load`] always attaches.
     pub fn enable_exec_tier(&mut self, tier: ExecTier) -> Result<()> {
         match tier {
-            ExecTier::Kill => Ok(()),
+            ExecTier::Kill => {}
             ExecTier::Lsm => {
                 let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
-                let prog: &mut Lsm = program(&mut self.objects, "exec_lsm")?;
+                let prog: &mut Lsm = program(&mut self.objects, LSM_PROGRAM)?;
                 prog.load("bprm_check_security", &btf)
                     .context("loading the BPF LSM exec hook")?;
-                prog.attach().context("attaching the BPF LSM exec hook")?;
-                Ok(())
+                let id = prog.attach().context("attaching the BPF LSM exec hook")?;
+                self.tier_links.push(TierLink::Lsm(id));
             }
             ExecTier::Fanotify => {
-                for (name, tracepoint) in [
-                    ("task_fork", "sched_process_fork"),
-                    ("task_exit", "sched_process_exit"),
-                ] {
+                for (name, tracepoint) in TASK_TRACKERS {
                     let prog: &mut RawTracePoint = program(&mut self.objects, name)?;
                     prog.load()
                         .with_context(|| format!("loading the {name} task tracker"))?;
-                    prog.attach(tracepoint)
+                    let id = prog
+                        .attach(tracepoint)
                         .with_context(|| format!("attaching {name} to {tracepoint}"))?;
+                    self.tier_links.push(TierLink::Tracker(name, id));
                 }
-                Ok(())
             }
         }
+        self.exec_tier = tier;
+        Ok(())
+    }
+
+    /// The exec tier whose programs are in place (for adopted pins: the one pinned).
+    pub fn exec_tier(&self) -> ExecTier {
+        self.exec_tier
     }
 }
 

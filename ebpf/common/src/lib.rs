@@ -41,6 +41,27 @@ pub const WORKLOAD_OBSERVE: u32 = 1;
 /// Workload flag: the policy allows anonymous (memfd or deleted-file) executables.
 pub const WORKLOAD_ANON_EXEC: u32 = 2;
 
+/// How many nested workloads the task table records per process.
+pub const TASK_NESTING: usize = 4;
+
+/// The workloads one process belongs to, as the task table (`TASKS`) records them: cgroup
+/// ids of the workloads' roots, outermost first, zero after the last. Each exec ask (one per
+/// `bridle run`, one for the daemon) finds its own workload in it, so nested workloads are each
+/// asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskWorkloads {
+    /// Workload ids, outermost first; zero marks the end.
+    pub ids: [u64; TASK_NESTING],
+}
+
+impl TaskWorkloads {
+    /// Whether the process belongs to workload `id`.
+    pub fn contains(&self, id: u64) -> bool {
+        id != 0 && self.ids.contains(&id)
+    }
+}
+
 /// A confined workload, keyed by the cgroup id (inode number) of its root cgroup.
 ///
 /// Its decisions live under a policy *slot*: a reload writes a complete new slot, then points
@@ -331,6 +352,7 @@ mod user {
     // SAFETY: all of these are repr(C), made of integers and byte arrays, with explicit
     // padding fields, so every bit pattern is valid and there are no implicit holes.
     unsafe impl aya::Pod for Workload {}
+    unsafe impl aya::Pod for TaskWorkloads {}
     unsafe impl aya::Pod for Decision {}
     unsafe impl aya::Pod for ExecKey {}
     unsafe impl aya::Pod for ExecPlaceKey {}
