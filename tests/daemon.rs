@@ -360,6 +360,106 @@ fn processes_running_before_the_daemon_and_moved_in_later_are_judged() {
     assert!(outside.success(), "an outsider's exec was refused");
 }
 
+/// A cgroup a test makes outside the daemon's `[[confine]]` globs; removed on drop.
+struct LooseCgroup(PathBuf);
+
+impl Drop for LooseCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("cgroup.kill"), "1");
+        let start = Instant::now();
+        while fs::remove_dir(&self.0).is_err() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs `script` in `cgroup` and returns its exit status.
+fn in_cgroup(cgroup: &std::path::Path, script: &str) -> i32 {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(format!(
+        "echo $$ > {}/cgroup.procs && {script}",
+        cgroup.display()
+    ));
+    finish(cmd, DEADLINE).code
+}
+
+#[test]
+fn confine_and_release_on_request_hold_across_restarts() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("request");
+    let loose =
+        LooseCgroup(cgroup2_root().join(format!("bridle-dtest-loose-{}", std::process::id())));
+    fs::create_dir_all(&loose.0).expect("loose cgroup");
+    let x = loose.0.display().to_string();
+    let policy = s.dir.path().join("policies/p.toml").display().to_string();
+    let marker = s.dir.path().join("marker");
+    let touch = format!("/usr/bin/touch {}", marker.display());
+    s.start();
+    s.wait_workloads(0);
+    let confined = s.bridle(&["confine", "--policy", &policy, &x]);
+    assert_eq!(confined.code, 0, "{}\n{}", confined.stderr, s.log());
+    assert!(confined.stdout.contains("confined"), "{}", confined.stdout);
+    s.wait_workloads(1);
+    assert_eq!(in_cgroup(&loose.0, &touch), s.refused(), "{}", s.log());
+    assert_eq!(in_cgroup(&loose.0, "/usr/bin/true"), 0);
+    // A policy with an error is refused with its place, and the running one stays.
+    let broken = s.dir.path().join("broken.toml");
+    fs::write(
+        &broken,
+        "name = \"b\"\n[[rule]]\nname = \"x\"\neffect = \"permit\"\nexec = [\"relative\"]\n",
+    )
+    .expect("broken policy");
+    let refused = s.bridle(&["confine", "--policy", &broken.display().to_string(), &x]);
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains(&format!("{}:5:", broken.display())),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        in_cgroup(&loose.0, &touch),
+        s.refused(),
+        "the old policy stays"
+    );
+    // A restart confines it again.
+    s.signal(libc::SIGTERM);
+    s.start();
+    s.wait_workloads(1);
+    assert_eq!(in_cgroup(&loose.0, &touch), s.refused(), "{}", s.log());
+    assert!(!marker.exists(), "a refused exec ran");
+    // Released: nothing judges it any more, before or after a restart.
+    let released = s.bridle(&["release", &x]);
+    assert_eq!(released.code, 0, "{}", released.stderr);
+    s.wait_workloads(0);
+    assert_eq!(in_cgroup(&loose.0, &touch), 0, "{}", s.log());
+    s.signal(libc::SIGTERM);
+    s.start();
+    std::thread::sleep(Duration::from_millis(300));
+    s.wait_workloads(0);
+
+    // A cgroup a [[confine]] entry matches stays released across scans, until it is confined
+    // on request again.
+    fs::create_dir_all(s.group.join("w1")).expect("w1");
+    s.wait_workloads(1);
+    let w1 = s.group.join("w1").display().to_string();
+    let released = s.bridle(&["release", &w1]);
+    assert_eq!(released.code, 0, "{}", released.stderr);
+    assert!(
+        released.stdout.contains("[[confine]]"),
+        "{}",
+        released.stdout
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    s.wait_workloads(0);
+    let _ = fs::remove_file(&marker);
+    assert_eq!(s.in_workload("w1", &touch), 0, "{}", s.log());
+    let again = s.bridle(&["confine", "--policy", "p", &w1]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    s.wait_workloads(1);
+    assert_eq!(s.in_workload("w1", &touch), s.refused(), "{}", s.log());
+}
+
 #[test]
 fn a_reload_applies_every_policy_or_none() {
     require_root();

@@ -48,7 +48,9 @@ enum Command {
     Reload(cli::ctl::SocketArgs),
     /// Show the latest decisions, or follow the daemon's as they happen (`--follow`).
     Events(cli::events::EventsArgs),
-    /// Lift a workload's quarantine (`--quarantine CGROUP`).
+    /// Ask the daemon to confine a cgroup with a policy, until it is released.
+    Confine(cli::ctl::ConfineArgs),
+    /// Ask the daemon to end a workload's confinement, or only its quarantine (`--quarantine`).
     Release(cli::ctl::ReleaseArgs),
     /// Remove every pinned program, map and link: ends enforcement on purpose.
     Unload(cli::ctl::UnloadArgs),
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::Status(args) => (cli::ctl::status(args), cli::EXIT_FAILED),
         Command::Reload(args) => (cli::ctl::reload(args), cli::EXIT_FAILED),
         Command::Events(args) => (cli::events::run(&global, args), cli::EXIT_FAILED),
+        Command::Confine(args) => (cli::ctl::confine(args), cli::EXIT_FAILED),
         Command::Release(args) => (cli::ctl::release(args), cli::EXIT_FAILED),
         Command::Unload(args) => (cli::ctl::unload(args), cli::EXIT_FAILED),
         Command::Policy { command } => (cli::policy::run(command), USAGE_FAILED),

@@ -1,5 +1,5 @@
-//! `bridle status`, `bridle reload`, `bridle release` and `bridle unload`: talking to (or
-//! undoing) the daemon.
+//! `bridle status`, `bridle reload`, `bridle confine`, `bridle release` and `bridle unload`:
+//! talking to (or undoing) the daemon.
 
 use crate::{
     daemon::control::{self, Reply, Request},
@@ -32,10 +32,28 @@ pub struct StatusArgs {
 pub struct ReleaseArgs {
     #[command(flatten)]
     socket: SocketArgs,
-    /// Lift the workload's quarantine (thaw it, or put its policy back in the kernel).
+    /// Only lift the workload's quarantine (thaw it, or put its policy back in the kernel).
     #[arg(long)]
     quarantine: bool,
     /// The workload's cgroup: its path, or its path below the cgroup root.
+    cgroup: String,
+}
+
+/// Arguments of `bridle confine`.
+#[derive(Debug, Args)]
+pub struct ConfineArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// The policy: a file, or the name of one in the daemon's policy directory.
+    #[arg(long)]
+    policy: String,
+    /// Refuse nothing; report what the policy would refuse.
+    #[arg(long, conflicts_with = "enforce")]
+    observe: bool,
+    /// Enforce even if the policy says observe.
+    #[arg(long)]
+    enforce: bool,
+    /// The cgroup: its path, or its path below the cgroup root.
     cgroup: String,
 }
 
@@ -119,19 +137,65 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bridle release --quarantine CGROUP`.
+/// `bridle release [--quarantine] CGROUP`.
 pub fn release(args: ReleaseArgs) -> Result<ExitCode> {
+    let quarantine = args.quarantine;
     let body = answered(control::ask(
         &args.socket.socket,
         &Request::Release {
             cgroup: args.cgroup,
-            quarantine: args.quarantine,
+            quarantine,
+        },
+    )?)?;
+    let cgroup = body["cgroup"].as_str().unwrap_or("?");
+    if quarantine {
+        println!(
+            "lifted the {} quarantine of {cgroup}",
+            body["lifted"].as_str().unwrap_or("?"),
+        );
+    } else if body["configured"].as_bool() == Some(true) {
+        println!(
+            "released {cgroup}: its [[confine]] entry no longer applies to it until it is confined again"
+        );
+    } else {
+        println!("released {cgroup}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bridle confine --policy P CGROUP`.
+pub fn confine(args: ConfineArgs) -> Result<ExitCode> {
+    // A file given here is named to the daemon by its absolute path; a bare name is looked up
+    // in the daemon's policy directory.
+    let policy = if args.policy.contains('/') || args.policy.ends_with(".toml") {
+        std::fs::canonicalize(&args.policy)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.policy))?
+            .display()
+            .to_string()
+    } else {
+        args.policy
+    };
+    let mode = if args.observe {
+        Some("observe".to_owned())
+    } else if args.enforce {
+        Some("enforce".to_owned())
+    } else {
+        None
+    };
+    let body = answered(control::ask(
+        &args.socket.socket,
+        &Request::Confine {
+            cgroup: args.cgroup,
+            policy,
+            mode,
         },
     )?)?;
     println!(
-        "lifted the {} quarantine of {}",
-        body["lifted"].as_str().unwrap_or("?"),
-        body["cgroup"].as_str().unwrap_or("?")
+        "confined {} with {} ({}, sha256 {})",
+        body["cgroup"].as_str().unwrap_or("?"),
+        body["policy"].as_str().unwrap_or("?"),
+        body["mode"].as_str().unwrap_or("?"),
+        body["digest"].as_str().unwrap_or("?"),
     );
     Ok(ExitCode::SUCCESS)
 }

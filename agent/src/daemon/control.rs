@@ -42,13 +42,21 @@ pub enum Request {
         /// Only this workload (its cgroup path).
         workload: Option<String>,
     },
-    /// Lift the quarantine of a workload (`quarantine`); releasing a workload from its
-    /// confinement is done in the configuration.
+    /// End a workload's confinement, or (with `quarantine`) only lift its quarantine.
     Release {
         /// The workload's cgroup: its path, or its path below the cgroup root.
         cgroup: String,
-        /// Lift its quarantine.
+        /// Lift its quarantine instead.
         quarantine: bool,
+    },
+    /// Confine a cgroup with a policy until it is released (kept across daemon restarts).
+    Confine {
+        /// The cgroup: its path, or its path below the cgroup root.
+        cgroup: String,
+        /// The policy: an absolute file path, or a name in the configured policy directory.
+        policy: String,
+        /// `enforce` or `observe`, overriding the policy's mode.
+        mode: Option<String>,
     },
 }
 

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod control;
 mod quarantine;
+mod runtime;
 
 use crate::{
     cgroup,
@@ -34,6 +35,7 @@ use bridle_trust::{
 use clap::{Args, ValueEnum};
 use config::Config;
 use control::{Reply, Request};
+use runtime::{Requested, Runtime};
 use serde_json::json;
 use std::{
     collections::{BTreeMap, HashSet},
@@ -105,6 +107,17 @@ struct Confined {
     ask_engine: Arc<Engine>,
     /// The quarantine in force, until an operator lifts it.
     quarantined: Option<QuarantineAction>,
+    /// Confined on request (`bridle confine`, `bridle run`), not by a `[[confine]]` entry.
+    requested: bool,
+}
+
+/// Where a workload's confinement comes from: a `[[confine]]` entry, or a request.
+struct Source {
+    glob: String,
+    policy_name: String,
+    policy_file: PathBuf,
+    mode: Option<Mode>,
+    requested: bool,
 }
 
 /// How the last reload went.
@@ -133,6 +146,8 @@ struct Daemon {
     /// The fanotify tier's ask, and the workloads it judges.
     ask: Option<ExecAsk>,
     ask_table: AskTable,
+    /// Confinements asked for at run time, and configured ones released.
+    runtime: Runtime,
 }
 
 /// Longest an exec of a workload waits for the engine on the fanotify tier before the fail
@@ -216,6 +231,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             config.state_dir.display()
         )
     })?;
+    let runtime = Runtime::load(&config.state_dir)?;
     let mut daemon = Daemon {
         config,
         config_file: args.config.clone(),
@@ -231,6 +247,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         exec_tier,
         ask,
         ask_table,
+        runtime,
     };
     crate::os::on_stop_signals(on_signal)?;
     let (requests_tx, requests) = mpsc::channel();
@@ -361,6 +378,26 @@ fn load_invariants(config: &Config) -> Result<Vec<bridle_engine::Rule>> {
     }
 }
 
+/// A cgroup named by its path, or its path below the v2 root, as its path below the root.
+fn relative_cgroup(root: &Path, cgroup: &str) -> Result<String> {
+    let given = Path::new(cgroup);
+    let relative = if given.is_absolute() {
+        given.strip_prefix(root).with_context(|| {
+            format!(
+                "{cgroup} is not below the cgroup v2 root {}",
+                root.display()
+            )
+        })?
+    } else {
+        given
+    };
+    let relative = relative.to_string_lossy().trim_matches('/').to_owned();
+    if relative.is_empty() || relative.split('/').any(|c| c == ".." || c == ".") {
+        bail!("{cgroup} does not name a cgroup below the cgroup v2 root");
+    }
+    Ok(relative)
+}
+
 /// A fresh, nonzero policy slot.
 fn new_slot() -> u64 {
     let mut bytes = [0u8; 8];
@@ -454,10 +491,38 @@ impl Daemon {
         Ok((entries, config, issuer))
     }
 
+    /// Confines `path` as its `[[confine]]` entry says (nothing if none matches).
     fn confine(&mut self, path: &Path, relative: &str) -> Result<()> {
         let Some(entry) = self.config.entry_for(relative).cloned() else {
             return Ok(());
         };
+        let source = Source {
+            glob: entry.cgroup.clone(),
+            policy_name: entry.policy.clone(),
+            policy_file: self.config.policy_path(&entry.policy),
+            mode: entry.mode,
+            requested: false,
+        };
+        self.confine_from(path, relative, source)
+    }
+
+    /// Confines `path` as a request says.
+    fn confine_requested(&mut self, path: &Path, request: &Requested) -> Result<()> {
+        let source = Source {
+            glob: "(requested)".to_owned(),
+            policy_name: request
+                .policy
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            policy_file: request.policy.clone(),
+            mode: request.mode,
+            requested: true,
+        };
+        self.confine_from(path, &request.cgroup, source)
+    }
+
+    fn confine_from(&mut self, path: &Path, relative: &str, source: Source) -> Result<()> {
         let id = std::fs::metadata(path)
             .with_context(|| format!("reading {}", path.display()))?
             .ino();
@@ -469,8 +534,8 @@ impl Daemon {
                 bridle_common::MAX_CGROUP_DEPTH
             );
         }
-        let policy_file = self.config.policy_path(&entry.policy);
-        let prepared = self.prepare(&policy_file, entry.mode)?;
+        let policy_file = source.policy_file;
+        let prepared = self.prepare(&policy_file, source.mode)?;
         let (entries, config, issuer) = self.install(path, id, &prepared)?;
         // Entries first, then the links: the programs find a complete workload from their
         // first run at this cgroup. A cgroup adopted from pins is attached already.
@@ -491,10 +556,10 @@ impl Daemon {
             Confined {
                 path: path.to_path_buf(),
                 relative: relative.to_owned(),
-                glob: entry.cgroup.clone(),
-                policy_name: entry.policy.clone(),
+                glob: source.glob,
+                policy_name: source.policy_name,
                 policy_file,
-                mode: entry.mode,
+                mode: source.mode,
                 compiled: prepared.compiled,
                 entries,
                 config,
@@ -504,6 +569,7 @@ impl Daemon {
                 engine: prepared.engine,
                 ask_engine: prepared.ask_engine,
                 quarantined: None,
+                requested: source.requested,
             },
         );
         self.sync_ask(id);
@@ -568,9 +634,15 @@ impl Daemon {
                     continue;
                 };
                 let relative = relative.to_string_lossy().into_owned();
+                if self.runtime.requested(&relative).is_some() {
+                    // Confined on request (below); its descendants are covered by its links.
+                    continue;
+                }
                 if let Ok(meta) = entry.metadata() {
                     let id = meta.ino();
-                    if self.config.entry_for(&relative).is_some() {
+                    if self.config.entry_for(&relative).is_some()
+                        && !self.runtime.is_released(&relative)
+                    {
                         present.insert(id);
                         if !self.workloads.contains_key(&id) {
                             if let Err(err) = self.confine(&path, &relative) {
@@ -584,6 +656,23 @@ impl Daemon {
                 if depth + 1 < bridle_common::MAX_CGROUP_DEPTH {
                     stack.push((path, depth + 1));
                 }
+            }
+        }
+        for request in self.runtime.confined.clone() {
+            let path = root.join(&request.cgroup);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            present.insert(meta.ino());
+            if !self.workloads.contains_key(&meta.ino()) {
+                if let Err(err) = self.confine_requested(&path, &request) {
+                    error!(cgroup = %path.display(), "cannot confine: {err:#}");
+                }
+            }
+        }
+        if self.runtime.forget_missing(|c| root.join(c).is_dir()) {
+            if let Err(err) = self.runtime.save(&self.config.state_dir) {
+                error!("{err:#}");
             }
         }
         let gone: Vec<u64> = self
@@ -659,7 +748,11 @@ impl Daemon {
         let old_invariants = std::mem::replace(&mut self.invariants, invariants);
         let mut prepared = Vec::new();
         for (id, w) in &self.workloads {
-            let entry = self.config.entry_for(&w.relative).cloned();
+            let entry = if w.requested {
+                None
+            } else {
+                self.config.entry_for(&w.relative).cloned()
+            };
             let (file, mode) = match &entry {
                 Some(e) => (self.config.policy_path(&e.policy), e.mode),
                 None => (w.policy_file.clone(), w.mode),
@@ -894,6 +987,110 @@ impl Daemon {
         Ok(json!({"cgroup": shown, "lifted": action.as_str()}))
     }
 
+    /// `bridle confine`: confines a cgroup with a policy until it is released, across daemon
+    /// restarts. A policy with an error is refused with its `file:line:column`.
+    fn confine_on_request(
+        &mut self,
+        cgroup: &str,
+        policy: &str,
+        mode: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        let root = cgroup::v2_root()?;
+        let relative = relative_cgroup(&root, cgroup)?;
+        let path = root.join(&relative);
+        let id = std::fs::metadata(&path)
+            .with_context(|| format!("{} is not a cgroup", path.display()))?
+            .ino();
+        let mode = match mode {
+            None => None,
+            Some("enforce") => Some(Mode::Enforce),
+            Some("observe") => Some(Mode::Observe),
+            Some(other) => bail!("mode must be \"enforce\" or \"observe\", not {other:?}"),
+        };
+        let policy_file = if Path::new(policy).is_absolute() {
+            PathBuf::from(policy)
+        } else {
+            self.config.policy_path(policy)
+        };
+        // Check the policy before anything changes.
+        self.prepare(&policy_file, mode)?;
+        if let Some(w) = self.workloads.get(&id) {
+            if !w.requested {
+                bail!(
+                    "{} is confined by the [[confine]] entry {:?}: release it first, or change the configuration",
+                    path.display(),
+                    w.glob
+                );
+            }
+        }
+        // The covering workload already judges a cgroup below a confined one.
+        if let Some(outer) = self
+            .workloads
+            .values()
+            .find(|w| w.relative != relative && relative.starts_with(&format!("{}/", w.relative)))
+        {
+            bail!(
+                "{} is inside the confined workload {}; confine a cgroup outside it",
+                path.display(),
+                outer.path.display()
+            );
+        }
+        let request = Requested {
+            cgroup: relative.clone(),
+            policy: policy_file,
+            mode,
+        };
+        let mut runtime = self.runtime.clone();
+        runtime.confine(request.clone());
+        // On disk first: a daemon that dies now confines it again when it comes back.
+        runtime.save(&self.config.state_dir)?;
+        self.runtime = runtime;
+        if let Some(w) = self.workloads.get_mut(&id) {
+            // Confined on request before: the new policy replaces the old one the way a
+            // reload does, with no moment unconfined.
+            w.policy_file = request.policy.clone();
+            w.mode = request.mode;
+            self.reinstall(id)?;
+        } else {
+            self.confine_requested(&path, &request)?;
+        }
+        self.collect();
+        self.notify_status();
+        let w = self
+            .workloads
+            .get(&id)
+            .context("the workload vanished while it was confined")?;
+        info!(cgroup = %path.display(), policy = %w.policy_name, "confined on request");
+        Ok(json!({
+            "cgroup": path.display().to_string(),
+            "cgroup_id": id,
+            "policy": w.policy_file.display().to_string(),
+            "digest": w.policy_digest,
+            "mode": if w.config.flags & WORKLOAD_OBSERVE != 0 { "observe" } else { "enforce" },
+        }))
+    }
+
+    /// `bridle release CGROUP`: ends a workload's confinement. One confined on request is
+    /// forgotten; one a `[[confine]]` entry matches stays released (across restarts and
+    /// reloads) until it is confined on request again.
+    fn release_on_request(&mut self, cgroup: &str) -> Result<serde_json::Value> {
+        let root = cgroup::v2_root()?;
+        let relative = relative_cgroup(&root, cgroup)?;
+        let Some((&id, w)) = self.workloads.iter().find(|(_, w)| w.relative == relative) else {
+            bail!("{cgroup} is not a confined workload (see bridle status)");
+        };
+        let configured = !w.requested;
+        let path = w.path.display().to_string();
+        let mut runtime = self.runtime.clone();
+        runtime.release(&relative, configured);
+        runtime.save(&self.config.state_dir)?;
+        self.runtime = runtime;
+        self.release(id);
+        self.collect();
+        self.notify_status();
+        Ok(json!({"cgroup": path, "released": true, "configured": configured}))
+    }
+
     /// Installs workload `id`'s policy afresh, as a reload does for one workload.
     fn reinstall(&mut self, id: u64) -> Result<()> {
         let (path, file, mode) = match self.workloads.get(&id) {
@@ -986,17 +1183,24 @@ impl Daemon {
             // The control thread serves followers itself.
             Request::Events { .. } => Reply::error("events are served by the control socket"),
             Request::Release { cgroup, quarantine } => {
-                if !quarantine {
-                    return Reply::error(
-                        "releasing a workload from its confinement is done in the configuration \
-                         (remove its [[confine]] entry and reload); `--quarantine` lifts a quarantine",
-                    );
-                }
-                match self.lift_quarantine(&cgroup) {
+                let done = if quarantine {
+                    self.lift_quarantine(&cgroup)
+                } else {
+                    self.release_on_request(&cgroup)
+                };
+                match done {
                     Ok(body) => Reply::ok(body),
                     Err(err) => Reply::error(format!("{err:#}")),
                 }
             }
+            Request::Confine {
+                cgroup,
+                policy,
+                mode,
+            } => match self.confine_on_request(&cgroup, &policy, mode.as_deref()) {
+                Ok(body) => Reply::ok(body),
+                Err(err) => Reply::error(format!("{err:#}")),
+            },
             Request::Reload => {
                 self.reload();
                 match &self.last_reload {
@@ -1022,6 +1226,7 @@ impl Daemon {
                     "cgroup": w.path.display().to_string(),
                     "cgroup_id": id,
                     "matched": w.glob,
+                    "requested": w.requested,
                     "policy": w.policy_name,
                     "digest": w.policy_digest,
                     "mode": if w.config.flags & WORKLOAD_OBSERVE != 0 { "observe" } else { "enforce" },
