@@ -461,6 +461,69 @@ fn confine_and_release_on_request_hold_across_restarts() {
 }
 
 #[test]
+fn bridle_run_goes_through_a_running_daemon() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("run");
+    s.start();
+    s.wait_workloads(0);
+    let marker = s.dir.path().join("marker");
+    let mut run = Command::new(bridle_bin());
+    run.arg("run")
+        .arg("--policy")
+        .arg(s.dir.path().join("policies/p.toml"))
+        .arg("--")
+        .arg("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "/usr/bin/true && echo permitted-ran; /usr/bin/touch {}; echo touch=$?",
+            marker.display()
+        ))
+        .env("BRIDLE_SOCKET", s.socket())
+        .env("BRIDLE_STATE_DIR", s.dir.path().join("run-state"));
+    let f = finish(run, DEADLINE);
+    let shown = format!(
+        "exit {}\n--- stdout\n{}--- stderr\n{}--- daemon\n{}",
+        f.code,
+        f.stdout,
+        f.stderr,
+        s.log()
+    );
+    assert_eq!(f.code, 0, "{shown}");
+    assert!(
+        f.stderr.contains("confined by the running daemon"),
+        "{shown}"
+    );
+    assert!(f.stdout.contains("permitted-ran"), "{shown}");
+    assert!(
+        f.stdout.contains(&format!("touch={}", s.refused())),
+        "{shown}"
+    );
+    assert!(!marker.exists(), "{shown}");
+    assert!(
+        f.stderr
+            .contains("bridle: refused exec /usr/bin/touch (POLICY_REFUSED, rule no-touch)"),
+        "the run prints the daemon's decision\n{shown}"
+    );
+    // The daemon judged and audited it, and let the cgroup go afterwards.
+    s.wait_workloads(0);
+    let export = s.bridle(&["audit", "export", "--verdict", "refuse"]);
+    let run_cgroup = format!("bridle-run-{}", f.pid);
+    assert!(
+        export
+            .stdout
+            .lines()
+            .any(|l| l.contains("/usr/bin/touch") && l.contains(&run_cgroup)),
+        "{}\n{shown}",
+        export.stdout
+    );
+    assert!(
+        !cgroup2_root().join(&run_cgroup).exists(),
+        "the run's cgroup is removed"
+    );
+}
+
+#[test]
 fn a_reload_applies_every_policy_or_none() {
     require_root();
     let _k = kernel_lock();

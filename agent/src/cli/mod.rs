@@ -9,6 +9,7 @@ pub mod permits;
 pub mod policy;
 pub mod rollout;
 pub mod run;
+pub mod run_daemon;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! `bridle run`: start a command in a fresh confined cgroup, standalone.
+//! `bridle run`: start a command in a fresh confined cgroup, standalone (or through a running
+//! daemon, see [`super::run_daemon`]).
 //!
 //! The order of steps is the security argument: the cgroup exists and every kernel entry and
 //! program is in place before the child joins the cgroup, and the child joins it before it
@@ -77,6 +78,13 @@ pub struct RunArgs {
     /// How long the resolver waits for the upstream before it answers SERVFAIL, in ms.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub dns_timeout: u64,
+    /// Confine the command here even when a bridle daemon is running (which otherwise
+    /// confines it, with its pinned enforcement, exec tier, resolver and audit trail).
+    #[arg(long)]
+    pub standalone: bool,
+    /// The daemon's control socket.
+    #[arg(long, default_value = crate::daemon::control::DEFAULT_SOCKET, env = "BRIDLE_SOCKET")]
+    pub socket: PathBuf,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -91,7 +99,7 @@ const ASK_DEADLINE: Duration = Duration::from_millis(500);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The signal that asked us to stop (0: none).
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+pub(super) static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {
     STOP_SIGNAL.store(signal, Ordering::SeqCst);
@@ -115,16 +123,30 @@ pub fn run(global: &super::Global, args: RunArgs) -> Result<ExitCode> {
     let engine = Arc::new(Engine::new(policy));
     let compiled = compile(engine.policy());
 
+    let through_daemon = !args.standalone && super::run_daemon::daemon_answers(&args.socket);
     let root = cgroup::v2_root()?;
     let cgroup = Cgroup::create(&root, &format!("bridle-run-{}", std::process::id()))?;
-    let outcome = confine_and_wait(
-        &global.state_dir,
-        &args,
-        &engine,
-        &compiled,
-        observe,
-        &cgroup,
-    );
+    let outcome = if through_daemon {
+        crate::os::on_stop_signals(on_stop_signal).and_then(|()| {
+            super::run_daemon::confine_and_wait(
+                &global.state_dir,
+                &args,
+                DEFAULT_POLICY,
+                &compiled,
+                observe,
+                &cgroup,
+            )
+        })
+    } else {
+        confine_and_wait(
+            &global.state_dir,
+            &args,
+            &engine,
+            &compiled,
+            observe,
+            &cgroup,
+        )
+    };
     // Whatever happened, nothing may outlive us in the cgroup, and the cgroup goes.
     let removed = cgroup.remove();
     let code = outcome?;
@@ -283,22 +305,7 @@ fn confine_and_wait(
     // socket; every packet socket needs CAP_NET_RAW, so without it the command cannot open
     // one (EPERM). Observe mode refuses nothing.
     let drop_raw = !observe && config.raw_effect != EFFECT_PERMIT;
-    let bridle_exe = std::env::current_exe().ok();
-    let protected = [
-        args.policy.as_deref(),
-        Some(state_dir),
-        Some(Path::new("/etc/bridle")),
-        // bpffs, where pins live.
-        Some(Path::new("/sys/fs/bpf")),
-        bridle_exe.as_deref(),
-    ];
-    // The run's cgroup is a child of the cgroup2 root (Cgroup::create in `run`).
-    let cgroup_root = cgroup
-        .path()
-        .parent()
-        .context("the run's cgroup has no parent")?;
-    let mut hardening = Hardening::new(protected.into_iter().flatten(), cgroup_root, drop_raw)
-        .context("preparing the workload's namespaces")?;
+    let mut hardening = workload_hardening(args, state_dir, None, cgroup, drop_raw)?;
     if let Some(ask) = &ask {
         hardening.mark_exec_mounts(MountMarker::new(ask.group_fd()));
     }
@@ -553,9 +560,42 @@ impl Reporter<'_> {
     }
 }
 
+/// What the workload loses before its command runs (see crate::harden): bridle's own files
+/// (the policy, `extra`, the state directory, /etc/bridle, bpffs, the bridle binary) become
+/// read-only to it, it gets its own namespaces, and `CAP_NET_RAW` goes with `drop_raw`.
+pub(super) fn workload_hardening(
+    args: &RunArgs,
+    state_dir: &Path,
+    extra: Option<&Path>,
+    cgroup: &Cgroup,
+    drop_raw: bool,
+) -> Result<Hardening> {
+    let bridle_exe = std::env::current_exe().ok();
+    let protected = [
+        args.policy.as_deref(),
+        extra,
+        Some(state_dir),
+        Some(Path::new("/etc/bridle")),
+        // bpffs, where pins live.
+        Some(Path::new("/sys/fs/bpf")),
+        bridle_exe.as_deref(),
+    ];
+    // The run's cgroup is a child of the cgroup2 root (Cgroup::create in `run`).
+    let cgroup_root = cgroup
+        .path()
+        .parent()
+        .context("the run's cgroup has no parent")?;
+    Hardening::new(protected.into_iter().flatten(), cgroup_root, drop_raw)
+        .context("preparing the workload's namespaces")
+}
+
 /// Starts `command` as a child that joins `cgroup` before it execs, then applies `hardening`
 /// (see crate::harden).
-fn spawn_in_cgroup(command: &[OsString], cgroup: &Cgroup, mut hardening: Hardening) -> Result<u32> {
+pub(super) fn spawn_in_cgroup(
+    command: &[OsString],
+    cgroup: &Cgroup,
+    mut hardening: Hardening,
+) -> Result<u32> {
     let (program, rest) = command.split_first().context("no command given after --")?;
     let procs_path = cgroup.path().join("cgroup.procs");
     let procs = OpenOptions::new()
