@@ -96,7 +96,14 @@ impl Setup {
             .arg(self.socket())
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .stdout(Stdio::null())
-            .stderr(fs::File::create(self.dir.path().join("daemon.log")).expect("log"))
+            // Appended: one log across restarts tells the whole story of a test.
+            .stderr(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("daemon.log"))
+                    .expect("log"),
+            )
             .spawn()
             .expect("start the daemon");
         self.daemon = Some(child);
@@ -521,6 +528,209 @@ fn bridle_run_goes_through_a_running_daemon() {
         !cgroup2_root().join(&run_cgroup).exists(),
         "the run's cgroup is removed"
     );
+}
+
+/// Accepts connections on a loopback listener until dropped, counting them.
+struct Listener {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start() -> Listener {
+        use std::sync::{atomic::Ordering, Arc};
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let addr = socket.local_addr().expect("address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match socket.accept() {
+                        Ok(_) => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Listener {
+            addr,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn restarts_reloads_and_a_killed_daemon_under_load_permit_nothing_refused() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("load");
+    let probe = env!("CARGO_BIN_EXE_bridle-probe");
+    let (permitted, refused) = (Listener::start(), Listener::start());
+    fs::write(
+        s.dir.path().join("policies/p.toml"),
+        format!(
+            r#"
+name = "load-test"
+default = "refuse"
+permit_ttl = "10m"
+
+[[rule]]
+name = "system"
+effect = "permit"
+exec = ["/usr/bin/*", "/bin/*", "{probe}"]
+
+[[rule]]
+name = "no-touch"
+effect = "refuse"
+exec = ["/usr/bin/touch"]
+
+[[rule]]
+name = "listener"
+effect = "permit"
+connect = ["{}"]
+"#,
+            permitted.addr
+        ),
+    )
+    .expect("policy");
+    let cg = s.group.join("w1");
+    fs::create_dir_all(&cg).expect("w1");
+    s.start();
+    s.wait_workloads(1);
+    let dir = s.dir.path().to_path_buf();
+    let (log, stop) = (dir.join("load.log"), dir.join("stop"));
+    let script = format!(
+        "echo $$ > {procs}; i=0; while [ ! -e {stop} ]; do \
+         /usr/bin/touch {dir}/m.$i; echo \"touch $?\" >> {log}; \
+         {probe} connect {a} >> {log}; {probe} connect {b} >> {log}; i=$((i+1)); done; \
+         echo \"iterations $i\" >> {log}",
+        procs = cg.join("cgroup.procs").display(),
+        stop = stop.display(),
+        dir = dir.display(),
+        log = log.display(),
+        a = permitted.addr,
+        b = refused.addr,
+    );
+    let mut load = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the load");
+    let lines = || fs::read_to_string(&log).unwrap_or_default();
+    let wait_more = |n: usize| {
+        let start = Instant::now();
+        while lines().lines().count() < n && start.elapsed() < DEADLINE {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_more(15);
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let seen = lines().lines().count();
+    wait_more(seen + 15);
+    s.signal(libc::SIGTERM);
+    s.start();
+    s.wait_workloads(1);
+    let seen = lines().lines().count();
+    wait_more(seen + 15);
+    s.signal(libc::SIGKILL);
+    // Nothing but the pinned programs judges for a while.
+    let seen = lines().lines().count();
+    wait_more(seen + 15);
+    s.start();
+    s.wait_workloads(1);
+    let seen = lines().lines().count();
+    wait_more(seen + 15);
+    fs::write(&stop, "").expect("stop");
+    let ended = load.wait().expect("the load ends");
+    assert!(ended.success(), "{ended:?}");
+
+    let text = lines();
+    let iterations: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("iterations "))
+        .and_then(|n| n.parse().ok())
+        .expect("the loop's count");
+    let shown = format!("{text}\n--- daemon\n{}", s.log());
+    assert!(iterations >= 25, "{iterations} iterations\n{shown}");
+    // What the workload saw: no refused operation went through.
+    let touches: Vec<&str> = text.lines().filter(|l| l.starts_with("touch ")).collect();
+    assert_eq!(touches.len(), iterations, "{shown}");
+    assert!(!touches.contains(&"touch 0"), "a refused exec ran\n{shown}");
+    let marks = fs::read_dir(&dir)
+        .expect("list")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("m."))
+        .count();
+    assert_eq!(marks, 0, "a refused exec left its file\n{shown}");
+    let to_b = format!("connect {}: ", refused.addr);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with(&to_b) && l.ends_with("errno 1"))
+            .count(),
+        iterations,
+        "every connect to the refused address failed with EPERM\n{shown}"
+    );
+    assert_eq!(refused.accepted(), 0, "{shown}");
+    assert!(
+        permitted.accepted() > 0,
+        "permitted connects went through\n{shown}"
+    );
+
+    // What the audit trail says: every attempt refused, none permitted, nothing lost.
+    s.signal(libc::SIGTERM);
+    let export = s.bridle(&["audit", "export", "--format", "jsonl"]);
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    let records: Vec<serde_json::Value> = export
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let about = |object: &str| {
+        records
+            .iter()
+            .filter(|r| r["object"].as_str() == Some(object))
+            .collect::<Vec<_>>()
+    };
+    let touch_records = about("/usr/bin/touch");
+    let b_records = about(&refused.addr.to_string());
+    for r in touch_records.iter().chain(&b_records) {
+        assert_eq!(r["effect"], "refuse", "a refused operation audited as {r}");
+    }
+    // A refusal the daemon recorded just before it was killed can be recorded again by the
+    // backstop that took over: at most one more than the attempts.
+    assert!(
+        (iterations..=iterations + 1).contains(&touch_records.len()),
+        "{} exec refusals audited for {iterations} attempts\n{shown}",
+        touch_records.len()
+    );
+    assert_eq!(b_records.len(), iterations, "connect refusals audited");
+    let verify = s.bridle(&["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.stderr);
 }
 
 #[test]

@@ -3,16 +3,25 @@
 use anyhow::{Context, Result};
 use std::{os::fd::RawFd, time::Duration};
 
-/// Waits until `fd` is readable or `timeout` passes; a signal ends the wait early, which is
-/// what the callers want (they check their signal flag next).
-pub fn wait_readable(fd: RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+/// Waits until any of `fds` is readable or `timeout` passes; a signal ends the wait early,
+/// which is what the callers want (they check their signal flag next).
+pub fn wait_readable_any(fds: &[RawFd], timeout: Duration) {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pfds` holds `pfds.len()` valid pollfds for the duration of the call.
+    unsafe {
+        libc::poll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            timeout.as_millis() as libc::c_int,
+        )
     };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
 }
 
 /// Routes SIGINT, SIGTERM and SIGHUP to `handler`, which must only store into an atomic.

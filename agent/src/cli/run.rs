@@ -229,7 +229,8 @@ fn confine_and_wait(
     let mut events = enforcer.take_events()?;
     // The fanotify tier. The task table records the first process when it moves itself into
     // the cgroup (below), and everything it forks.
-    let (decisions_tx, decisions) = std::sync::mpsc::channel::<AskDecision>();
+    let (decisions_tx, decisions) =
+        crate::fanotify::decision_channel().context("creating the exec ask's decision channel")?;
     let ask = if tier == ExecTier::Fanotify {
         let workloads = AskTable::default();
         workloads
@@ -312,13 +313,18 @@ fn confine_and_wait(
     let child = spawn_in_cgroup(&args.command, cgroup, hardening)?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
-        crate::os::wait_readable(events.as_raw_fd(), Duration::from_millis(50));
+        crate::os::wait_readable_any(
+            &[events.as_raw_fd(), decisions.fd()],
+            Duration::from_millis(50),
+        );
         let mut recorded = false;
         while let Some(item) = events.next() {
             reporter.handle(&item)?;
             recorded = true;
         }
-        while let Ok(decision) = decisions.try_recv() {
+        let mut waiting = Vec::new();
+        while let Some(mut decision) = decisions.try_recv() {
+            waiting.extend(decision.recorded.take());
             reporter.handle_ask(decision)?;
             recorded = true;
         }
@@ -331,6 +337,10 @@ fn confine_and_wait(
         }
         if recorded {
             reporter.audit.flush().context("flushing the audit trail")?;
+        }
+        // Refused execs are answered once their records are written (AskDecision::recorded).
+        for done in waiting {
+            let _ = done.try_send(());
         }
         reporter
             .audit
@@ -372,7 +382,7 @@ fn confine_and_wait(
     while let Some(item) = events.next() {
         reporter.handle(&item)?;
     }
-    while let Ok(decision) = decisions.try_recv() {
+    while let Some(decision) = decisions.try_recv() {
         reporter.handle_ask(decision)?;
     }
     // Stops the resolver's threads; what they decided last is still queued.

@@ -77,6 +77,10 @@ pub fn confine_and_wait(
         .and_then(|b| b["tiers"]["exec"].as_str())
         .unwrap_or("?")
         .to_owned();
+    // Following first: the workload's first decision is printed too.
+    let following = control::Following::start(socket, Some(cgroup.path().display().to_string()))
+        .context("following the daemon's decisions")?;
+    start_printing(following, args.verbose);
     let reply = control::ask(
         socket,
         &Request::Confine {
@@ -96,7 +100,6 @@ pub fn confine_and_wait(
         socket: socket.clone(),
         cgroup: cgroup.path().display().to_string(),
     };
-    start_printing(socket, cgroup.path(), args.verbose);
 
     let mut config = Workload::default();
     crate::kernel::net::set_raw(&mut config, compiled);
@@ -181,13 +184,11 @@ impl Drop for Release {
 
 /// Prints the daemon's decisions about the run, as `bridle run` prints its own: refusals and
 /// would-be refusals, and with `verbose` everything.
-fn start_printing(socket: &Path, cgroup: &Path, verbose: bool) {
-    let socket = socket.to_path_buf();
-    let workload = cgroup.display().to_string();
+fn start_printing(following: control::Following, verbose: bool) {
     let _ = std::thread::Builder::new()
         .name("bridle-run-decisions".into())
         .spawn(move || {
-            let _ = control::follow_events(&socket, Some(workload), |line| {
+            let _ = following.each(|line| {
                 if let Some(shown) = decision_line(line, verbose) {
                     eprintln!("{shown}");
                 }

@@ -280,10 +280,11 @@ fn handle(
 /// Answers an events request, then streams decisions to the client on a thread of its own,
 /// until the client hangs up.
 fn follow(mut stream: UnixStream, followers: &Followers, workload: Option<String>) -> Result<()> {
+    // Registered before the answer: a client that got it misses no later decision.
+    let rx = followers.add(workload);
     let mut text = serde_json::to_string(&Reply::ok(serde_json::json!({ "following": true })))?;
     text.push('\n');
     stream.write_all(text.as_bytes())?;
-    let rx = followers.add(workload);
     std::thread::Builder::new()
         .name("bridle-follow".into())
         .spawn(move || {
@@ -318,32 +319,51 @@ fn connect(path: &Path) -> Result<UnixStream> {
 pub fn follow_events(
     path: &Path,
     workload: Option<String>,
-    mut each: impl FnMut(&str) -> bool,
+    each: impl FnMut(&str) -> bool,
 ) -> Result<()> {
-    let mut stream = connect(path)?;
-    let mut text = serde_json::to_string(&Request::Events { workload })?;
-    text.push('\n');
-    stream.write_all(text.as_bytes())?;
-    let mut lines = BufReader::new(&stream).lines();
-    let first = lines
-        .next()
-        .context("the daemon closed the connection")?
-        .context("reading the daemon's answer")?;
-    let reply: Reply =
-        serde_json::from_str(&first).with_context(|| format!("the daemon answered {first:?}"))?;
-    if !reply.ok {
-        bail!(
-            "{}",
-            reply.error.unwrap_or_else(|| "the daemon refused".into())
-        );
-    }
-    for line in lines {
-        let line = line.context("reading from the daemon")?;
-        if !each(&line) {
-            break;
+    Following::start(path, workload)?.each(each)
+}
+
+/// A stream of the daemon's decisions, from the moment [`Following::start`] returned.
+pub struct Following {
+    lines: std::io::Lines<BufReader<UnixStream>>,
+}
+
+impl Following {
+    /// Asks the daemon for its decisions (of one workload, if given); returns once the daemon
+    /// has registered the request, so no decision made afterwards is missed.
+    pub fn start(path: &Path, workload: Option<String>) -> Result<Following> {
+        let mut stream = connect(path)?;
+        let mut text = serde_json::to_string(&Request::Events { workload })?;
+        text.push('\n');
+        stream.write_all(text.as_bytes())?;
+        let mut lines = BufReader::new(stream).lines();
+        let first = lines
+            .next()
+            .context("the daemon closed the connection")?
+            .context("reading the daemon's answer")?;
+        let reply: Reply = serde_json::from_str(&first)
+            .with_context(|| format!("the daemon answered {first:?}"))?;
+        if !reply.ok {
+            bail!(
+                "{}",
+                reply.error.unwrap_or_else(|| "the daemon refused".into())
+            );
         }
+        Ok(Following { lines })
     }
-    Ok(())
+
+    /// Calls `each` with every decision (one JSON object per line) until it returns false or
+    /// the daemon hangs up.
+    pub fn each(self, mut each: impl FnMut(&str) -> bool) -> Result<()> {
+        for line in self.lines {
+            let line = line.context("reading from the daemon")?;
+            if !each(&line) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Sends one request to the daemon at `path` and waits for its answer.

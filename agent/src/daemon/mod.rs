@@ -192,7 +192,8 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         );
     }
     let ask_table = AskTable::default();
-    let (ask_tx, ask_decisions) = mpsc::channel::<AskDecision>();
+    let (ask_tx, ask_decisions) =
+        crate::fanotify::decision_channel().context("creating the exec ask's decision channel")?;
     let ask = if exec_tier == ExecTier::Fanotify {
         let started = (|| {
             ExecAsk::start(AskConfig {
@@ -265,22 +266,36 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     let mut next_ping = Instant::now();
     let mut next_scan = Instant::now() + daemon.config.scan_interval;
     loop {
-        crate::os::wait_readable(events.as_raw_fd(), Duration::from_millis(50));
+        crate::os::wait_readable_any(
+            &[events.as_raw_fd(), ask_decisions.fd()],
+            Duration::from_millis(50),
+        );
         let mut recorded = false;
         while let Some(item) = events.next() {
             daemon.record(&item);
+            // In the file before the item leaves the pinned ring buffer (when it is dropped):
+            // a daemon killed at any moment loses no decision.
+            if let Err(err) = daemon.audit.write_out() {
+                error!("writing the audit trail: {err:#}");
+            }
             recorded = true;
         }
-        while let Ok(decision) = ask_decisions.try_recv() {
+        let mut waiting = Vec::new();
+        while let Some(mut decision) = ask_decisions.try_recv() {
+            waiting.extend(decision.recorded.take());
             daemon.record_ask(decision);
             recorded = true;
         }
         // Each batch reaches the disk before the next wait: a daemon killed afterwards loses
-        // nothing it had drained (what it had not drained stays in the pinned ring buffer).
+        // nothing it had drained (what it had not drained stays in the pinned ring buffer, and
+        // an exec refusal is answered only once its record is written).
         if recorded {
             if let Err(err) = daemon.audit.flush() {
                 error!("flushing the audit trail: {err:#}");
             }
+        }
+        for done in waiting {
+            let _ = done.try_send(());
         }
         if let Err(err) = daemon.audit.tick() {
             error!("checkpointing the audit trail: {err:#}");
@@ -317,7 +332,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     // Execs waiting on the group are let through by the kernel when it closes; the pinned
     // kill-on-exec backstop goes on judging them.
     drop(daemon.ask.take());
-    while let Ok(decision) = ask_decisions.try_recv() {
+    while let Some(decision) = ask_decisions.try_recv() {
         daemon.record_ask(decision);
     }
     drop(server);

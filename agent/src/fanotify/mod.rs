@@ -170,7 +170,7 @@ pub struct AskConfig {
     /// The workloads to judge.
     pub workloads: AskTable,
     /// Where refusals (and observed would-be refusals) go, to be reported and audited.
-    pub decisions: mpsc::Sender<AskDecision>,
+    pub decisions: DecisionSender,
     /// Longest an exec of a workload waits for the engine before the fail mode answers.
     pub deadline: Duration,
     /// The kernel's task table (`TASKS`).
@@ -194,9 +194,74 @@ pub struct AskStats {
     pub known: AtomicU64,
 }
 
+/// The sending end of the ask's decisions: a channel, and a pipe that wakes the loop that
+/// records them.
+#[derive(Clone)]
+pub struct DecisionSender {
+    tx: mpsc::Sender<AskDecision>,
+    wake: Arc<OwnedFd>,
+}
+
+/// The receiving end of the ask's decisions, for the loop that prints and audits them.
+pub struct DecisionInbox {
+    rx: mpsc::Receiver<AskDecision>,
+    wake: OwnedFd,
+}
+
+/// A channel for the ask's decisions whose receiving loop can wait on [`DecisionInbox::fd`].
+pub fn decision_channel() -> io::Result<(DecisionSender, DecisionInbox)> {
+    let mut ends = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into `ends`.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let (tx, rx) = mpsc::channel();
+    Ok((
+        DecisionSender {
+            tx,
+            wake: Arc::new(write),
+        },
+        DecisionInbox { rx, wake: read },
+    ))
+}
+
+impl DecisionSender {
+    /// Hands a decision over and wakes the receiving loop; gives the decision back if the
+    /// receiver is gone.
+    pub fn send(&self, decision: AskDecision) -> Result<(), AskDecision> {
+        self.tx.send(decision).map_err(|e| e.0)?;
+        // SAFETY: writes one byte from a live buffer; a full pipe already wakes the reader.
+        unsafe { libc::write(self.wake.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        Ok(())
+    }
+}
+
+impl DecisionInbox {
+    /// The fd to poll: readable when decisions wait.
+    pub fn fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// The next waiting decision, if any (draining the wake-up pipe as it goes).
+    pub fn try_recv(&self) -> Option<AskDecision> {
+        let mut sink = [0u8; 64];
+        // SAFETY: reads into a live buffer of its length from our non-blocking pipe.
+        while unsafe { libc::read(self.wake.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0
+        {
+        }
+        self.rx.try_recv().ok()
+    }
+}
+
 /// A decision the fanotify tier took in user space (the kernel never saw the exec).
 #[derive(Debug, Clone)]
 pub struct AskDecision {
+    /// Told once the decision is on disk; the exec waits for it (boundedly), so a refusal
+    /// is audited before the workload learns of it and a daemon killed in between loses
+    /// nothing: its group closes, and the kill-on-exec backstop refuses and records instead.
+    pub recorded: Option<mpsc::SyncSender<()>>,
     /// The workload's cgroup id.
     pub workload: u64,
     /// The process that tried to exec.
@@ -241,20 +306,20 @@ impl ExecAsk {
         // Ignore marks are per group and per file: only a group that serves one workload,
         // through that workload's own mounts, may skip a file its policy permits.
         let ignore = config.scope == MarkScope::WorkloadMounts;
-        if ignore {
-            // A dynamic binary's exec opens its loader as a second exec open; the loader is
-            // never judged on its own there (the binary was), so it is not asked at all. A
-            // direct exec of the loader then meets the kill-on-exec backstop, which refuses
-            // it unless a rule names the loader.
-            for loader in worker::loader_paths() {
-                if let Ok(file) = std::fs::File::open(&loader) {
-                    let _ = mark(
-                        &group,
-                        libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK,
-                        file.as_raw_fd(),
-                        None,
-                    );
-                }
+        // A dynamic binary's exec opens its loader as a second exec open; the loader is never
+        // judged on its own there (the binary was), so it is not asked at all, for any
+        // workload: the answer would be the same for all, and an exec caught between two
+        // groups (a daemon restarting) or two policies could otherwise be refused at its
+        // loader. A direct exec of the loader meets the kill-on-exec backstop, which refuses
+        // it unless a rule names the loader.
+        for loader in worker::loader_paths() {
+            if let Ok(file) = std::fs::File::open(&loader) {
+                let _ = mark(
+                    &group,
+                    libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK,
+                    file.as_raw_fd(),
+                    None,
+                );
             }
         }
         let known = Arc::default();

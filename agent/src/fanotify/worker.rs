@@ -3,7 +3,7 @@
 
 use super::{
     known::{fd_path, identify, FileKey, Identity, Known},
-    lock, AskDecision, AskStats, WorkloadAsk,
+    lock, AskDecision, AskStats, DecisionSender, WorkloadAsk,
 };
 use crate::{fanotify::bpfmap::BpfMap, fanotify::bpfmap::BPF_NOEXIST, kernel::entries::kernel_dev};
 use anyhow::{Context, Result};
@@ -17,11 +17,15 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::{atomic::Ordering, mpsc, Arc, Mutex},
+    time::Duration,
 };
+
+/// Longest a refusal waits for its audit record to reach the disk before it is answered.
+const RECORD_WAIT: Duration = Duration::from_millis(250);
 
 /// Judges the workload events the reader could not answer itself.
 pub(super) struct Worker {
-    pub(super) decisions: mpsc::Sender<AskDecision>,
+    pub(super) decisions: DecisionSender,
     /// The dynamic loaders of this system, by identity.
     pub(super) loaders: HashSet<Identity>,
     pub(super) exec_rules: BpfMap,
@@ -178,7 +182,9 @@ impl Worker {
     ) -> bool {
         // The process waits in execve for this answer: its /proc entry is still there.
         let (comm, uid) = crate::os::proc_identity(pid);
+        let (recorded, on_disk) = mpsc::sync_channel(1);
         let decision = AskDecision {
+            recorded: Some(recorded),
             workload: ask.workload,
             pid,
             comm,
@@ -188,10 +194,16 @@ impl Worker {
             rule: rule.map(str::to_owned),
             observed: ask.observe,
         };
-        if let Err(lost) = self.decisions.send(decision) {
-            // The reporter is gone (shutting down): the decision still reaches the operator.
-            let d = lost.0;
-            eprintln!("bridle: refused exec {} ({})", d.path, d.code.as_str());
+        match self.decisions.send(decision) {
+            Ok(()) => {
+                // Audited first, answered second (see AskDecision::recorded). A reporter that
+                // does not get to it in time only delays the answer.
+                let _ = on_disk.recv_timeout(RECORD_WAIT);
+            }
+            Err(d) => {
+                // The reporter is gone (shutting down): the decision still reaches the operator.
+                eprintln!("bridle: refused exec {} ({})", d.path, d.code.as_str());
+            }
         }
         ask.observe
     }

@@ -184,6 +184,12 @@ impl AuditWriter {
         Ok(Some(seq))
     }
 
+    /// Hands what is appended to the kernel (no sync): it then survives this process being
+    /// killed, though not a power loss (see [`AuditWriter::flush`]).
+    pub fn write_out(&mut self) -> Result<(), AuditError> {
+        self.write_buf()
+    }
+
     /// Writes buffered lines and fsyncs the segment.
     pub fn flush(&mut self) -> Result<(), AuditError> {
         self.write_buf()?;
