@@ -56,11 +56,37 @@ pub fn require_root() {
 
 static KERNEL: Mutex<()> = Mutex::new(());
 
-/// Serialises the tests that load programs, so each can check that it left nothing behind.
-pub fn kernel_lock() -> MutexGuard<'static, ()> {
-    KERNEL
+/// Where the host-wide test lock lives: the tests of two checkouts on one machine would
+/// otherwise see each other's programs as residue.
+const HOST_LOCK: &str = "/run/lock/bridle-kernel-tests.lock";
+
+/// Held while a test loads programs: the in-process lock and a host-wide `flock`.
+pub struct KernelGuard {
+    _thread: MutexGuard<'static, ()>,
+    _host: Option<std::fs::File>,
+}
+
+/// Serialises the tests that load programs, within this process and across the host, so each
+/// can check that it left nothing behind.
+pub fn kernel_lock() -> KernelGuard {
+    let thread = KERNEL
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let host = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(HOST_LOCK)
+        .ok();
+    if let Some(file) = &host {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an fd this function owns; the lock ends when the file closes.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    }
+    KernelGuard {
+        _thread: thread,
+        _host: host,
+    }
 }
 
 /// What a finished process left.
