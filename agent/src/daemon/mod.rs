@@ -16,7 +16,7 @@ use crate::{
     kernel::{
         entries::{self, KernelEntries},
         events::Decided,
-        net, pins, Enforcer,
+        net, pins, unix, Enforcer,
     },
 };
 use anyhow::{bail, Context, Result};
@@ -310,6 +310,9 @@ impl Daemon {
     ) -> Result<(KernelEntries, Workload, Issuer)> {
         let slot = new_slot();
         let mut entries = entries::build(&prepared.engine, &prepared.compiled, slot)?;
+        entries
+            .not_enforced
+            .extend(self.enforcer.unix_warning(&prepared.compiled));
         for warning in &entries.not_enforced {
             warn!(cgroup = %path.display(), "{warning}");
         }
@@ -373,6 +376,8 @@ impl Daemon {
         if !pins::pinned_cgroups(&self.pin_dir)?.contains(&id) {
             let links = self.enforcer.attach_cgroup(path)?;
             self.enforcer.pin_cgroup_links(&self.pin_dir, id, links)?;
+        } else {
+            self.enforcer.attach_missing_unix(&self.pin_dir, id, path)?;
         }
         info!(
             cgroup = %path.display(),
@@ -841,7 +846,10 @@ impl Daemon {
                 "exec": "kill (sched_process_exec + SIGKILL); the fanotify and LSM tiers are per `bridle run` in this version",
                 "connect": "cgroup connect4/connect6, sendmsg4/sendmsg6",
                 "raw_sockets": "cgroup sock_create",
-                "unix_sockets": net::UNIX_NOT_ENFORCED,
+                "unix_sockets": match self.enforcer.unix_unavailable() {
+                    None => unix::ENFORCED.to_owned(),
+                    Some(why) => unix::not_enforced(why),
+                },
             },
             "workloads": workloads,
             "events": {"judged": stats.judged, "refused": stats.refused, "lost": stats.events_lost},

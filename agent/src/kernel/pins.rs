@@ -5,15 +5,19 @@
 //!
 //! ```text
 //! maps/<MAP>                 every map of the object
-//! programs/<program>         the programs a new cgroup attachment needs
+//! programs/<program>         the programs a new cgroup attachment needs (the unix-socket
+//!                            programs too, where the kernel has their hooks)
 //! links/exec_guard           the kill-on-exec hook
 //! links/cgroup-<id>/<prog>   one link per socket program per confined cgroup
 //! ```
 
 use super::{
+    bpf_sys,
     dns::RECVMSG_PROGRAMS,
     net::{SENDMSG_PROGRAMS, SOCK_CREATE},
-    program, CgroupLink, Enforcer, Objects, MAP_NAMES,
+    program,
+    unix::{self, UnixState},
+    CgroupLink, Enforcer, Objects, MAP_NAMES, OBJECT,
 };
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -26,6 +30,7 @@ use aya::{
 use std::{
     collections::BTreeMap,
     fs,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -97,6 +102,9 @@ impl Enforcer {
                 .pin(&path)
                 .with_context(|| format!("pinning program {name} at {}", path.display()))?;
         }
+        if let Some(hooks) = self.unix.hooks() {
+            hooks.pin(&dir.join("programs"))?;
+        }
         if let Some(id) = self.exec_link.take() {
             let prog: &mut RawTracePoint = program(&mut self.objects, "exec_guard")?;
             let link = prog.take_link(id).context("taking the exec hook's link")?;
@@ -116,6 +124,10 @@ impl Enforcer {
         let mut maps = BTreeMap::new();
         for name in MAP_NAMES {
             let path = dir.join("maps").join(name);
+            if name == unix::MAP && !path.exists() {
+                // Pinned by a bridle that predates unix enforcement: adopt the rest.
+                continue;
+            }
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             let map = Map::from_map_data(data).with_context(|| {
@@ -134,14 +146,40 @@ impl Enforcer {
         let prog = CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate)
             .with_context(|| format!("opening the pinned program {}", path.display()))?;
         programs.insert(SOCK_CREATE.to_owned(), Program::CgroupSock(prog));
+        let objects = Objects {
+            ebpf: None,
+            maps,
+            programs,
+        };
+        let unix = adopt_unix(dir, &objects)?;
         Ok(Some(Enforcer {
-            objects: Objects {
-                ebpf: None,
-                maps,
-                programs,
-            },
+            objects,
             exec_link: None,
+            unix,
         }))
+    }
+
+    /// Attaches the unix-socket programs at a cgroup whose other links were pinned by a
+    /// bridle that predates them, and pins those links too. Nothing to do where they are
+    /// pinned already, or where this kernel has no unix hooks.
+    pub fn attach_missing_unix(&mut self, dir: &Path, cgroup: u64, path: &Path) -> Result<()> {
+        let target = cgroup_dir(dir, cgroup);
+        let missing = unix::PROGRAMS
+            .iter()
+            .any(|(name, _)| !target.join(name).exists());
+        let Some(hooks) = self.unix.hooks() else {
+            return Ok(());
+        };
+        if !missing {
+            return Ok(());
+        }
+        let cg = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let links = hooks
+            .attach(&cg, path)?
+            .into_iter()
+            .map(|(name, id)| CgroupLink::Unix(name, id))
+            .collect();
+        self.pin_cgroup_links(dir, cgroup, links)
     }
 
     /// Pins the links [`Enforcer::attach_cgroup`] made for `cgroup`, so they stay attached
@@ -167,6 +205,18 @@ impl Enforcer {
                             .with_context(|| format!("{name}'s link has no fd"))?,
                     )
                 }
+                CgroupLink::Unix(name, id) => {
+                    let fd = self
+                        .unix
+                        .hooks()
+                        .and_then(|h| h.take_link(id))
+                        .with_context(|| format!("{name}'s link is not held here"))?;
+                    let path = target.join(name);
+                    bpf_sys::obj_pin(fd.as_fd(), &path)
+                        .with_context(|| format!("pinning {name}'s link at {}", path.display()))?;
+                    // The pin holds the link now; this descriptor may close.
+                    continue;
+                }
                 CgroupLink::Sock(name, id) => {
                     let prog: &mut CgroupSock = program(&mut self.objects, name)?;
                     let link = prog
@@ -185,6 +235,27 @@ impl Enforcer {
         }
         Ok(())
     }
+}
+
+/// The unix-socket programs of an adopted pin directory: those pinned there, else loaded now
+/// (a pin directory left by a bridle that predates them) and pinned, else why they cannot be.
+fn adopt_unix(dir: &Path, objects: &Objects) -> Result<UnixState> {
+    if objects.map(unix::MAP).is_none() {
+        return Ok(UnixState::Unavailable(format!(
+            "the pins under {} predate unix-socket enforcement (no maps/{}); run `bridle unload` and start the daemon again",
+            dir.display(),
+            unix::MAP
+        )));
+    }
+    let programs = dir.join("programs");
+    if let Some(state) = UnixState::from_pins(&programs)? {
+        return Ok(state);
+    }
+    let mut state = UnixState::load(OBJECT, &|name| objects.map_fd(name));
+    if let Some(hooks) = state.hooks() {
+        hooks.pin(&programs)?;
+    }
+    Ok(state)
 }
 
 impl Objects {
