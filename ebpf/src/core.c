@@ -197,11 +197,14 @@ static struct bpf_sock_addr_kern *(*bridle_cast_to_kern_ctx)(void *ctx) =
 #define UNIX_PATH_LEN 108
 #define SUN_PATH_OFFSET 2
 
-// The address loops below are branch-free. BPF has no conditional move, so a comparison
-// whose result is used as a value becomes a branch, and the verifier would walk one path per
-// outcome of every byte: one per possible length and spelling, through the rest of the
-// program, far past its limit. An empty asm statement makes a value opaque to the compiler,
-// which then cannot turn the arithmetic back into a comparison.
+// A unix key's name: sun_path and four zero bytes (UNIX_KEY_NAME_LEN in bridle-common).
+#define UNIX_KEY_NAME_LEN (UNIX_PATH_LEN + 4)
+
+// The spelling check below is branch-free within each byte. BPF has no conditional move, so
+// a comparison whose result is used as a value becomes a branch, and the verifier would walk
+// one path per outcome of every byte, through the rest of the program, far past its limit.
+// An empty asm statement makes a value opaque to the compiler, which then cannot turn the
+// arithmetic back into a comparison.
 
 // 1 when v == 0, else 0 (v < 2^31).
 static __attribute__((always_inline)) u32 is_zero(u32 v)
@@ -216,66 +219,64 @@ static __attribute__((always_inline)) u32 is_eq(u32 a, u32 b)
 	return is_zero(a ^ b);
 }
 
-// 1 when i < n, else 0 (both < 2^31).
-static __attribute__((always_inline)) u32 is_below(u32 i, u32 n)
-{
-	u32 d = i - n;
-
-	asm volatile("" : "+r"(d));
-	return d >> 31;
-}
-
-// The address the hook judges, read into a unix map key's `name` (UNIX_PATH_LEN bytes):
-// a pathname up to its first NUL (the kernel cuts it there; what follows is cleared, so it
-// cannot make a distinct key), or an abstract name, a NUL byte and every byte given after it.
-// Returns the length of the key's name (1..UNIX_PATH_LEN), or a negative errno when the
-// address cannot be read; sets *noncanonical for a pathname that is relative or has an
-// empty, "." or ".." component or a trailing "/".
+// Reads the address the hook judges into `name`, a unix map key's name (UNIX_KEY_NAME_LEN
+// bytes, zero on entry): a pathname up to its first NUL (the kernel cuts it there, and what
+// follows must not make a distinct key), or an abstract name, a NUL byte and every byte given
+// after it. Returns the name's length (1..UNIX_PATH_LEN), or a negative errno when the address
+// cannot be read; sets *noncanonical for a pathname that is relative or has an empty, "." or
+// ".." component or a trailing "/".
 __attribute__((always_inline)) int bridle_read_unix_addr(void *ctx, unsigned char *name,
 							 u32 *noncanonical)
 {
 	struct bpf_sock_addr_kern *kern = bridle_cast_to_kern_ctx(ctx);
-	const unsigned char *uaddr;
-	u32 given, abstract, ended = 0, scanned = 0, bad;
+	const unsigned char *sun_path;
+	u32 given, len, bad;
+	long copied;
 	int i;
 
 	*noncanonical = 0;
 	if (!kern)
 		return -14;
-	uaddr = (const unsigned char *)kern->uaddr;
+	sun_path = (const unsigned char *)kern->uaddr + SUN_PATH_OFFSET;
 	given = kern->uaddrlen;
 	// The kernel has checked this already (unix_validate_addr); a bound for the verifier.
 	if (given <= SUN_PATH_OFFSET || given > SUN_PATH_OFFSET + UNIX_PATH_LEN)
 		return -22;
 	given -= SUN_PATH_OFFSET;
-	// A fixed-size read: syscalls hand the hook a sockaddr_storage, in-kernel callers at
-	// least a sockaddr_un; what lies past `given` is cleared below and never used.
-	if (bpf_probe_read_kernel(name, UNIX_PATH_LEN, uaddr + SUN_PATH_OFFSET))
+	if (bpf_probe_read_kernel(name, 1, sun_path))
 		return -14;
-	abstract = is_zero(name[0]);
-	for (i = 0; i < UNIX_PATH_LEN; i++) {
-		u32 keep = is_below(i, given);
-
-		// A pathname ends at its first NUL; an abstract name does not.
-		ended |= is_zero(name[i]) & (abstract ^ 1);
-		keep &= ended ^ 1;
-		name[i] &= (unsigned char)-keep;
-		scanned += keep;
+	if (name[0] == 0) {
+		// Abstract: exactly the bytes given; the rest of `name` stays zero.
+		if (bpf_probe_read_kernel(name, given, sun_path))
+			return -14;
+		return (int)given;
 	}
+	// A pathname: up to its first NUL or `given` bytes, NUL-terminated (hence the slack in
+	// `name`); the bytes after it stay zero. The copy may read one byte past `given`, inside
+	// the kernel's address buffer, and overwrites it with the NUL.
+	copied = bpf_probe_read_kernel_str(name, given + 1, sun_path);
+	if (copied <= 1)
+		return -14;
+	len = (u32)copied - 1;
 	bad = is_eq(name[0], '/') ^ 1;
 	for (i = 0; i < UNIX_PATH_LEN; i++) {
-		u32 n1 = i + 1 < UNIX_PATH_LEN ? name[i + 1] : 0;
-		u32 n2 = i + 2 < UNIX_PATH_LEN ? name[i + 2] : 0;
-		u32 n3 = i + 3 < UNIX_PATH_LEN ? name[i + 3] : 0;
-		u32 dot1 = is_eq(n1, '.');
-		u32 dot2 = is_eq(n2, '.');
-		u32 end2 = is_zero(n2) | is_eq(n2, '/');
-		u32 end3 = is_zero(n3) | is_eq(n3, '/');
-		// "//", a trailing "/" (but "/" alone is the root), "/." and "/.." components.
-		u32 empty = is_eq(n1, '/') | (is_zero(n1) & (i > 0));
+		u32 n1, n2, n3, dot1, dot2, end2, end3, empty;
 
+		// Only the path's own bytes: the rest of the program then meets one state
+		// whatever the length (the registers that differ are dead after the loop).
+		if ((u32)i >= len)
+			break;
+		n1 = name[i + 1];
+		n2 = name[i + 2];
+		n3 = name[i + 3];
+		dot1 = is_eq(n1, '.');
+		dot2 = is_eq(n2, '.');
+		end2 = is_zero(n2) | is_eq(n2, '/');
+		end3 = is_zero(n3) | is_eq(n3, '/');
+		// "//", a trailing "/" (but "/" alone is the root), "/." and "/.." components.
+		empty = is_eq(n1, '/') | (is_zero(n1) & (i > 0));
 		bad |= is_eq(name[i], '/') & (empty | (dot1 & end2) | (dot1 & dot2 & end3));
 	}
-	*noncanonical = bad & (abstract ^ 1);
-	return (int)scanned;
+	*noncanonical = bad;
+	return (int)len;
 }

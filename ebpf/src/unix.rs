@@ -31,8 +31,8 @@ static UNIX_RULES: HashMap<UnixKey, Decision> =
     HashMap::with_max_entries(1 << 16, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 unsafe extern "C" {
-    /// Reads the address the hook judges into `name` (`UNIX_PATH_LEN` bytes, normalised as
-    /// [`UnixKey::name`] says); returns its length, or a negative errno; sets
+    /// Reads the address the hook judges into `name` (`UNIX_KEY_NAME_LEN` bytes, zero on
+    /// entry, normalised as [`UnixKey`] says); returns its length, or a negative errno; sets
     /// `*noncanonical` for a pathname spelled other than canonically (see core.c).
     fn bridle_read_unix_addr(ctx: *mut bpf_sock_addr, name: *mut u8, noncanonical: *mut u32)
         -> i32;
@@ -68,8 +68,8 @@ fn refusal() -> Decision {
 fn judge_unix(ctx: *mut bpf_sock_addr, kind: u8) -> i32 {
     let mut key = UnixKey::zeroed();
     let mut noncanonical = 0u32;
-    // SAFETY: `ctx` is the hook's context; the accessor writes UNIX_PATH_LEN bytes to `name`
-    // and one u32 to `noncanonical`.
+    // SAFETY: `ctx` is the hook's context; the accessor writes at most UNIX_KEY_NAME_LEN bytes
+    // to `name` and one u32 to `noncanonical`.
     let len = unsafe { bridle_read_unix_addr(ctx, key.name.as_mut_ptr(), &mut noncanonical) };
     // Fail closed: an address that cannot be read is refused by every workload.
     let unreadable = len <= 0;
@@ -116,7 +116,7 @@ fn finish_unix(j: Judgement, kind: u8, mut flags: u8, key: &UnixKey) -> i32 {
     }
     emit(&j, kind, flags, |ev| {
         ev.port = key.len as u16;
-        ev.path[..UNIX_PATH_LEN].copy_from_slice(&key.name);
+        ev.path[..UNIX_PATH_LEN].copy_from_slice(&key.name[..UNIX_PATH_LEN]);
     });
     if refused && !j.observe {
         SOCK_DENY

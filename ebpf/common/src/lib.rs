@@ -221,6 +221,11 @@ impl Default for PortRules {
 /// Bytes of a unix socket address the hooks read: the size of `sun_path`.
 pub const UNIX_PATH_LEN: usize = 108;
 
+/// Bytes of a unix key's `name`: `sun_path` and four bytes that are always zero, so that a
+/// NUL-terminated copy of a pathname as long as `sun_path` fits, and a scan may look three
+/// bytes ahead of the last one.
+pub const UNIX_KEY_NAME_LEN: usize = UNIX_PATH_LEN + 4;
+
 /// Key of the unix-socket map: one socket address inside one policy slot, as the kernel hands
 /// it to the connect and sendmsg hooks.
 ///
@@ -238,9 +243,7 @@ pub struct UnixKey {
     /// Padding; always zero.
     pub _pad: u32,
     /// The address bytes, zero-filled.
-    pub name: [u8; UNIX_PATH_LEN],
-    /// Padding; always zero.
-    pub _pad2: [u8; 4],
+    pub name: [u8; UNIX_KEY_NAME_LEN],
 }
 
 impl UnixKey {
@@ -250,8 +253,7 @@ impl UnixKey {
             slot: 0,
             len: 0,
             _pad: 0,
-            name: [0; UNIX_PATH_LEN],
-            _pad2: [0; 4],
+            name: [0; UNIX_KEY_NAME_LEN],
         }
     }
 
