@@ -262,7 +262,9 @@ impl Enforcer {
                     .with_context(|| format!("writing IPv6 entry {addr:?}/{prefix}"))?;
             }
         }
-        if !entries.unix.is_empty() {
+        // Pins adopted from a bridle that predates unix enforcement have no such map; the
+        // unix rules are then reported as not enforced (Enforcer::unix_warning).
+        if !entries.unix.is_empty() && self.objects.map(unix::MAP).is_some() {
             let mut unix: HashMap<&mut MapData, UnixKey, Decision> =
                 map(&mut self.objects, unix::MAP)?;
             for (key, decision) in &entries.unix {

@@ -125,7 +125,9 @@ impl Enforcer {
         for name in MAP_NAMES {
             let path = dir.join("maps").join(name);
             if name == unix::MAP && !path.exists() {
-                // Pinned by a bridle that predates unix enforcement: adopt the rest.
+                // Pinned by a bridle that predates unix enforcement: the map is created now
+                // (the unix programs are loaded against it below).
+                maps.insert(name.to_owned(), new_map(name, &path)?);
                 continue;
             }
             let data = MapData::from_pin(&path)
@@ -237,16 +239,21 @@ impl Enforcer {
     }
 }
 
+/// Creates map `name` as the object defines it, and pins it at `path`.
+fn new_map(name: &str, path: &Path) -> Result<Map> {
+    // Loading the object creates its maps (and loads no program); all but this one go again.
+    let mut fresh = aya::Ebpf::load(OBJECT).context("loading bridle's eBPF object")?;
+    let map = fresh
+        .take_map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
+    map.pin(path)
+        .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+    Ok(map)
+}
+
 /// The unix-socket programs of an adopted pin directory: those pinned there, else loaded now
 /// (a pin directory left by a bridle that predates them) and pinned, else why they cannot be.
 fn adopt_unix(dir: &Path, objects: &Objects) -> Result<UnixState> {
-    if objects.map(unix::MAP).is_none() {
-        return Ok(UnixState::Unavailable(format!(
-            "the pins under {} predate unix-socket enforcement (no maps/{}); run `bridle unload` and start the daemon again",
-            dir.display(),
-            unix::MAP
-        )));
-    }
     let programs = dir.join("programs");
     if let Some(state) = UnixState::from_pins(&programs)? {
         return Ok(state);

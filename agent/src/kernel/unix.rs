@@ -53,11 +53,9 @@ const CALL: u8 = 0x85;
 /// `src_reg` of a kfunc call.
 const PSEUDO_KFUNC_CALL: u8 = 2;
 
-/// What the daemon and `bridle run` say when the hooks are missing, with the kernel's reason.
+/// What the daemon and `bridle run` say when the hooks are missing, and why.
 pub fn not_enforced(why: &str) -> String {
-    format!(
-        "unix-socket rules are not enforced: this kernel did not load the connect_unix/sendmsg_unix cgroup hooks (Linux 6.7 and later have them), so unix connects fall outside the policy ({why})"
-    )
+    format!("unix-socket rules are not enforced, so unix connects fall outside the policy: {why}")
 }
 
 /// What `bridle status` says when they are enforced.
@@ -88,7 +86,9 @@ impl UnixState {
                 links: BTreeMap::new(),
                 next_link: 0,
             }),
-            Err(err) => UnixState::Unavailable(format!("{err:#}")),
+            Err(err) => UnixState::Unavailable(format!(
+                "this kernel did not load the connect_unix/sendmsg_unix cgroup hooks (Linux 6.7 and later have them): {err:#}"
+            )),
         }
     }
 
