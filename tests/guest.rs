@@ -431,7 +431,13 @@ fn loader_memfd_deleted() -> Result<(), String> {
 fn unix_hooks() -> Result<(), String> {
     let scene = Scene::new("unix");
     let (no, ok) = (scene.path("no.sock"), scene.path("ok.sock"));
-    let _listeners = [&no, &ok].map(|p| std::os::unix::net::UnixListener::bind(p));
+    let _listeners = [&no, &ok]
+        .iter()
+        .map(|p| {
+            std::os::unix::net::UnixListener::bind(p)
+                .map_err(|e| format!("binding {}: {e}", p.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let policy = scene.policy(
         &format!(
             "\n[[rule]]\nname = \"no-sock\"\neffect = \"refuse\"\nconnect = [\"unix:{}\"]\n\n[[rule]]\nname = \"ok-sock\"\neffect = \"permit\"\nconnect = [\"unix:{}\"]\n",
