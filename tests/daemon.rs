@@ -1161,6 +1161,94 @@ fn under_systemd_the_daemon_writes_native_journal_entries() {
     );
 }
 
+/// A unix connect from a confined cgroup meets the daemon's pinned unix hooks: refused with
+/// EPERM for a refused socket and reached for a permitted one, while no daemon runs too, and
+/// in a cgroup confined after a restart.
+#[test]
+fn a_confined_cgroups_unix_connects_are_judged_by_the_pinned_hooks() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("unix");
+    let ok_path = s.dir.path().join("ok.sock");
+    let no_path = s.dir.path().join("no.sock");
+    let ok = std::os::unix::net::UnixListener::bind(&ok_path).expect("bind ok.sock");
+    let no = std::os::unix::net::UnixListener::bind(&no_path).expect("bind no.sock");
+    for l in [&ok, &no] {
+        l.set_nonblocking(true).expect("nonblocking");
+    }
+    let probe = env!("CARGO_BIN_EXE_bridle-probe");
+    fs::write(
+        s.dir.path().join("policies/p.toml"),
+        format!(
+            "{}\n[[rule]]\nname = \"probe\"\neffect = \"permit\"\nexec = [\"{probe}\"]\n\n[[rule]]\nname = \"app\"\neffect = \"permit\"\nconnect = [\"unix:{}\"]\n\n[[rule]]\nname = \"no-engine\"\neffect = \"refuse\"\nconnect = [\"unix:{}\"]\n",
+            REFUSE_TOUCH,
+            ok_path.display(),
+            no_path.display()
+        ),
+    )
+    .expect("policy");
+    fs::create_dir_all(s.group.join("w1")).expect("w1");
+    s.start();
+    s.wait_workloads(1);
+    let status = s.bridle(&["status", "--json"]);
+    assert!(
+        status.stdout.contains("cgroup connect_unix/sendmsg_unix"),
+        "bridle status says the unix hooks are enforced\n{}",
+        status.stdout
+    );
+    let out = s.dir.path().join("probe.out");
+    let connect = |s: &Setup, cgroup: &str, path: &std::path::Path| {
+        let _ = fs::remove_file(&out);
+        s.in_workload(
+            cgroup,
+            &format!(
+                "{probe} unix-connect {} > {}",
+                path.display(),
+                out.display()
+            ),
+        );
+        fs::read_to_string(&out).unwrap_or_default()
+    };
+    let refused = format!("unix-connect {}: errno 1\n", no_path.display());
+    let permitted = format!("unix-connect {}: ok\n", ok_path.display());
+    assert_eq!(connect(&s, "w1", &no_path), refused, "{}", s.log());
+    assert_eq!(connect(&s, "w1", &ok_path), permitted, "{}", s.log());
+
+    // No daemon: the pinned programs and links still judge.
+    s.signal(libc::SIGKILL);
+    assert_eq!(connect(&s, "w1", &no_path), refused);
+    // A restarted daemon adopts them, and attaches them to a cgroup confined now.
+    s.start();
+    fs::create_dir_all(s.group.join("w2")).expect("w2");
+    s.wait_workloads(2);
+    assert_eq!(connect(&s, "w2", &no_path), refused, "{}", s.log());
+    assert_eq!(connect(&s, "w2", &ok_path), permitted, "{}", s.log());
+    let accepted =
+        |l: &std::os::unix::net::UnixListener| std::iter::from_fn(|| l.accept().ok()).count();
+    assert_eq!(accepted(&no), 0, "a refused connect arrived");
+    assert_eq!(accepted(&ok), 2);
+
+    // Every refusal reached the audit trail, the one made while no daemon ran included.
+    s.signal(libc::SIGTERM);
+    let export = s.bridle(&[
+        "audit",
+        "export",
+        "--format",
+        "jsonl",
+        "--verdict",
+        "refuse",
+    ]);
+    let object = format!("\"object\":\"unix:{}\"", no_path.display());
+    let refusals = export
+        .stdout
+        .lines()
+        .filter(|l| l.replace(": ", ":").contains(&object))
+        .count();
+    assert_eq!(refusals, 3, "{}\n{}", export.stdout, s.log());
+    drop(s);
+    wait_no_programs();
+}
+
 #[test]
 fn the_shipped_unit_file_verifies() {
     let unit = fs::read_to_string(workspace_root().join("agent/systemd/bridle.service"))

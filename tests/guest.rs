@@ -39,12 +39,13 @@ fn main() {
             .unwrap_or_else(|e| format!("unreadable ({e})"))
             .trim()
     );
-    let cases: [(&str, Case); 6] = [
+    let cases: [(&str, Case); 7] = [
         ("tier-probe", tier_probe),
         ("path-fd-link-relative", path_fd_link_relative),
         ("symlink-bind-globs", symlink_bind_globs),
         ("scripts-and-interpreters", scripts_and_interpreters),
         ("loader-memfd-deleted", loader_memfd_deleted),
+        ("unix-hooks", unix_hooks),
         // Last: it replaces /usr/bin/touch, which the other cases link to.
         ("replaced-binary", replaced_binary),
     ];
@@ -421,6 +422,60 @@ fn loader_memfd_deleted() -> Result<(), String> {
         c.stdout_has(marker);
     }
     c.done().map_err(|e| format!("allowing: {e}"))?;
+    no_leftovers()
+}
+
+/// The unix-socket hooks are found by loading them: on a kernel that has them (6.7 and later)
+/// a refused socket's connect fails with EPERM and a permitted one goes through; on one that
+/// has not, bridle says unix rules are not enforced, and claims nothing.
+fn unix_hooks() -> Result<(), String> {
+    let scene = Scene::new("unix");
+    let (no, ok) = (scene.path("no.sock"), scene.path("ok.sock"));
+    let _listeners = [&no, &ok]
+        .iter()
+        .map(|p| {
+            std::os::unix::net::UnixListener::bind(p)
+                .map_err(|e| format!("binding {}: {e}", p.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = scene.policy(
+        &format!(
+            "\n[[rule]]\nname = \"no-sock\"\neffect = \"refuse\"\nconnect = [\"unix:{}\"]\n\n[[rule]]\nname = \"ok-sock\"\neffect = \"permit\"\nconnect = [\"unix:{}\"]\n",
+            no.display(),
+            ok.display()
+        ),
+        "",
+    );
+    let f = run(
+        &policy,
+        &format!(
+            "\"$PROBE\" unix-connect {}; \"$PROBE\" unix-connect {}; true",
+            no.display(),
+            ok.display()
+        ),
+    );
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let mut c = Checks::new(&f);
+    c.check(f.code == 0, "exit status not 0");
+    c.stdout_has(&format!("unix-connect {}: ok", ok.display()));
+    if version >= (6, 7) {
+        c.stdout_has(&format!("unix-connect {}: errno 1", no.display()));
+        c.stderr_has(&format!(
+            "bridle: refused connect unix:{} (POLICY_REFUSED, rule no-sock)",
+            no.display()
+        ));
+        let claimed = f.stderr.contains("unix-socket rules are not enforced");
+        c.check(!claimed, "warned although the hooks load here");
+    } else {
+        c.stderr_has("unix-socket rules are not enforced");
+        c.stderr_has("this kernel did not load the connect_unix/sendmsg_unix cgroup hooks");
+        c.stdout_has(&format!("unix-connect {}: ok", no.display()));
+    }
+    c.done()?;
     no_leftovers()
 }
 

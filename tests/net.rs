@@ -1,7 +1,8 @@
 //! Network enforcement beyond the plain TCP connect, against the real kernel: UDP datagrams sent
-//! without connect, IPv4-mapped IPv6 destinations, TCP Fast Open, io_uring connects, and raw
-//! and packet sockets. Every case asserts what the workload saw (errno), what a real listener
-//! received, and that processes outside the workload are unaffected.
+//! without connect, IPv4-mapped IPv6 destinations, TCP Fast Open, io_uring connects, raw and
+//! packet sockets, and unix-socket connects and datagram sends. Every case asserts what the
+//! workload saw (errno), what a real listener received, and that processes outside the
+//! workload are unaffected.
 
 use bridle_tests::{
     bridle_bin, finish, kernel_lock, leftover_pins, leftover_run_cgroups, loaded_bridle_programs,
@@ -11,6 +12,7 @@ use std::{
     fs,
     io::Write,
     net::{SocketAddr, TcpListener, UdpSocket},
+    os::unix::net::{UnixDatagram, UnixListener, UnixStream},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -359,19 +361,386 @@ fn raw_and_packet_sockets_are_refused_unless_a_rule_names_raw() {
     assert_clean("after the raw-socket test");
 }
 
-/// Unix sockets are not hooked by this build; `bridle run` must say so rather than imply it.
+/// Real unix peers for one test: stream listeners and datagram sockets bound in a temp dir,
+/// and listeners on abstract names unique to this process.
+struct UnixPeers {
+    dir: tempfile::TempDir,
+    abstract_prefix: String,
+}
+
+impl UnixPeers {
+    fn new(tag: &str) -> UnixPeers {
+        UnixPeers {
+            dir: tempfile::tempdir().expect("tempdir"),
+            abstract_prefix: format!("bridle-test-{tag}-{}", std::process::id()),
+        }
+    }
+
+    /// The path of socket `name` in the temp dir.
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// An abstract name, as policies and the probe write it (`@…`).
+    fn abstract_name(&self, name: &str) -> String {
+        format!("@{}-{name}", self.abstract_prefix)
+    }
+
+    fn listen(&self, name: &str) -> UnixListener {
+        let l = UnixListener::bind(self.path(name)).expect("bind a unix listener");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    }
+
+    fn listen_abstract(&self, name: &str) -> UnixListener {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(
+            self.abstract_name(name).trim_start_matches('@'),
+        )
+        .expect("abstract address");
+        let l = UnixListener::bind_addr(&addr).expect("bind an abstract listener");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    }
+
+    fn datagram(&self, name: &str) -> UnixDatagram {
+        let d = UnixDatagram::bind(self.path(name)).expect("bind a unix datagram socket");
+        d.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        d
+    }
+}
+
+/// How many connections a listener has waiting.
+fn accepted(l: &UnixListener) -> usize {
+    std::iter::from_fn(|| l.accept().ok()).count()
+}
+
+/// A policy on exec like `policy`'s, with `default`, unix `permit` and `refuse` lists.
+fn unix_policy(dir: &Path, default: &str, permit: &[String], refuse: &[String]) -> PathBuf {
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|c| format!("\"unix:{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut text = format!(
+        r#"
+name = "unix-test"
+default = "{default}"
+
+[[rule]]
+name = "system"
+effect = "permit"
+exec = ["/usr/bin/*", "/bin/*", "{probe}"]
+"#,
+        probe = probe().display()
+    );
+    if !permit.is_empty() {
+        text.push_str(&format!(
+            "\n[[rule]]\nname = \"sockets\"\neffect = \"permit\"\nconnect = [{}]\n",
+            list(permit)
+        ));
+    }
+    if !refuse.is_empty() {
+        text.push_str(&format!(
+            "\n[[rule]]\nname = \"no-sockets\"\neffect = \"refuse\"\nconnect = [{}]\n",
+            list(refuse)
+        ));
+    }
+    let path = dir.join("unix-policy.toml");
+    fs::write(&path, text).expect("write policy");
+    path
+}
+
+/// Pathname and abstract sockets, stream connects and datagram sends: a permitted address is
+/// reached, a refused one and one no rule names (default refuse) fail with EPERM as the
+/// workload sees it and never reach their listener, and processes outside are unaffected.
 #[test]
-fn unix_rules_are_reported_as_not_enforced() {
+fn unix_connects_and_sends_are_judged_by_their_exact_address() {
     require_root();
     let _k = kernel_lock();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = policy(dir.path(), &["unix:/run/none.sock".to_owned()]);
-    let f = bridle_run(&policy, "true");
+    let peers = UnixPeers::new("exact");
+    let ok = peers.listen("ok.sock");
+    let no = peers.listen("no.sock");
+    let other = peers.listen("other.sock");
+    let dg_ok = peers.datagram("dg-ok.sock");
+    let dg_no = peers.datagram("dg-no.sock");
+    let abs_ok = peers.listen_abstract("ok");
+    let abs_no = peers.listen_abstract("no");
+    let policy = unix_policy(
+        peers.dir.path(),
+        "refuse",
+        &[
+            peers.path("ok.sock"),
+            peers.path("dg-ok.sock"),
+            peers.abstract_name("ok"),
+        ],
+        &[peers.path("no.sock"), peers.path("dg-no.sock")],
+    );
+    let ops = [
+        ("unix-connect", peers.path("ok.sock")),
+        ("unix-connect-padded", peers.path("ok.sock")),
+        ("unix-connect", peers.path("no.sock")),
+        ("unix-connect-padded", peers.path("no.sock")),
+        ("unix-connect", peers.path("other.sock")),
+        ("unix-connect", peers.abstract_name("ok")),
+        ("unix-connect", peers.abstract_name("no")),
+        ("unix-send", peers.path("dg-ok.sock")),
+        ("unix-send", peers.path("dg-no.sock")),
+    ];
+    let script: String = ops
+        .iter()
+        .map(|(op, arg)| format!("\"$PROBE\" {op} '{arg}'; "))
+        .collect();
+    let f = bridle_run(&policy, &format!("{script}true"));
+    let ctx = show(&f);
+    assert_eq!(f.code, 0, "{ctx}");
+    for (op, arg, expect) in [
+        ("unix-connect", peers.path("ok.sock"), "ok".to_owned()),
+        (
+            "unix-connect-padded",
+            peers.path("ok.sock"),
+            "ok".to_owned(),
+        ),
+        ("unix-connect", peers.abstract_name("ok"), "ok".to_owned()),
+        ("unix-send", peers.path("dg-ok.sock"), "ok".to_owned()),
+        (
+            "unix-connect",
+            peers.path("no.sock"),
+            format!("errno {EPERM}"),
+        ),
+        (
+            "unix-connect-padded",
+            peers.path("no.sock"),
+            format!("errno {EPERM}"),
+        ),
+        (
+            "unix-connect",
+            peers.path("other.sock"),
+            format!("errno {EPERM}"),
+        ),
+        (
+            "unix-connect",
+            peers.abstract_name("no"),
+            format!("errno {EPERM}"),
+        ),
+        (
+            "unix-send",
+            peers.path("dg-no.sock"),
+            format!("errno {EPERM}"),
+        ),
+    ] {
+        assert!(
+            f.stdout.contains(&format!("{op} {arg}: {expect}\n")),
+            "{op} {arg} should give {expect}\n{ctx}"
+        );
+    }
+    for line in [
+        format!(
+            "bridle: refused connect unix:{} (POLICY_REFUSED, rule no-sockets)",
+            peers.path("no.sock")
+        ),
+        format!(
+            "bridle: refused connect unix:{} (NO_MATCHING_RULE)",
+            peers.path("other.sock")
+        ),
+        format!(
+            "bridle: refused connect unix:{} (NO_MATCHING_RULE)",
+            peers.abstract_name("no")
+        ),
+        format!(
+            "bridle: refused sendto unix:{} (POLICY_REFUSED, rule no-sockets)",
+            peers.path("dg-no.sock")
+        ),
+    ] {
+        assert!(f.stderr.contains(&line), "missing {line:?}\n{ctx}");
+    }
+    // What the listeners saw: the permitted connects (plain and padded) and datagram only.
+    assert_eq!(accepted(&ok), 2, "{ctx}");
+    assert_eq!(accepted(&abs_ok), 1, "{ctx}");
+    assert_eq!(accepted(&no), 0, "a refused connect arrived\n{ctx}");
+    assert_eq!(accepted(&other), 0, "{ctx}");
+    assert_eq!(accepted(&abs_no), 0, "{ctx}");
+    let mut buf = [0u8; 64];
+    let n = dg_ok
+        .recv(&mut buf)
+        .expect("the permitted datagram arrived");
+    assert_eq!(&buf[..n], b"probe\n");
+    assert!(dg_no.recv(&mut buf).is_err(), "a refused datagram arrived");
+    // Outside the workload the same connects and sends go through.
+    UnixStream::connect(peers.path("no.sock")).expect("an outsider connects");
+    assert_eq!(accepted(&no), 1);
+    let outsider = UnixDatagram::unbound().expect("socket");
+    outsider
+        .send_to(b"outside", peers.path("dg-no.sock"))
+        .expect("an outsider sends");
+    let n = dg_no
+        .recv(&mut buf)
+        .expect("the outsider's datagram arrived");
+    assert_eq!(&buf[..n], b"outside");
+    assert_clean("after the unix exact-address test");
+}
+
+/// The hook sees the address as spelled, so a spelling a rule does not name exactly could dodge
+/// it: `//`, `.` and `..` components, a trailing `/` and relative paths are refused unless a rule
+/// names that spelling, even under a permitting default. A directory symlink's spelling of a
+/// refused socket is refused too (bridle enters the spellings the host's symlinks give a rule).
+#[test]
+fn non_canonical_and_symlinked_spellings_of_a_refused_socket_are_refused() {
+    require_root();
+    let _k = kernel_lock();
+    let peers = UnixPeers::new("spelling");
+    fs::create_dir(peers.dir.path().join("real")).expect("real dir");
+    std::os::unix::fs::symlink(peers.dir.path().join("real"), peers.dir.path().join("link"))
+        .expect("dir symlink");
+    let no = peers.listen("no.sock");
+    let odd = peers.listen("odd.sock");
+    let other = peers.listen("other.sock");
+    let linked = peers.listen("real/linked.sock");
+    let base = peers.dir.path().display().to_string();
+    let dir_name = peers
+        .dir
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("temp dir name")
+        .to_owned();
+    let policy = unix_policy(
+        peers.dir.path(),
+        "permit",
+        // A rule may name an odd spelling: then that spelling, exactly, is its.
+        &[format!("{base}//odd.sock")],
+        // Refused through the symlinked directory: the real path is refused as well.
+        &[peers.path("no.sock"), peers.path("link/linked.sock")],
+    );
+    let refused = [
+        format!("{base}//no.sock"),
+        format!("{base}/./no.sock"),
+        format!("{base}/../{dir_name}/no.sock"),
+        format!("{base}/no.sock/"),
+        // Non-canonical spellings of a socket no rule names are refused as well.
+        format!("{base}/./other.sock"),
+        peers.path("real/linked.sock"),
+    ];
+    let mut script = format!("cd '{base}'; \"$PROBE\" unix-connect no.sock; ");
+    for path in &refused {
+        script.push_str(&format!("\"$PROBE\" unix-connect '{path}'; "));
+    }
+    script.push_str(&format!(
+        "\"$PROBE\" unix-connect '{base}//odd.sock'; \"$PROBE\" unix-connect '{}'; true",
+        peers.path("other.sock")
+    ));
+    let f = bridle_run(&policy, &script);
     let ctx = show(&f);
     assert_eq!(f.code, 0, "{ctx}");
     assert!(
-        f.stderr.contains("unix-socket rules are not enforced"),
+        f.stdout
+            .contains(&format!("unix-connect no.sock: errno {EPERM}\n")),
+        "a relative path is refused\n{ctx}"
+    );
+    for path in &refused {
+        assert!(
+            f.stdout
+                .contains(&format!("unix-connect {path}: errno {EPERM}\n")),
+            "{path} should be refused\n{ctx}"
+        );
+    }
+    assert!(
+        f.stdout
+            .contains(&format!("unix-connect {base}//odd.sock: ok\n")),
         "{ctx}"
     );
-    assert_clean("after the unix warning test");
+    assert!(
+        f.stdout
+            .contains(&format!("unix-connect {}: ok\n", peers.path("other.sock"))),
+        "{ctx}"
+    );
+    assert!(
+        f.stderr.contains(&format!(
+            "bridle: refused connect unix:{base}//no.sock (NO_MATCHING_RULE; not a canonical socket path)"
+        )),
+        "{ctx}"
+    );
+    assert!(
+        f.stderr.contains(
+            "bridle: refused connect unix:no.sock (NO_MATCHING_RULE; not a canonical socket path)"
+        ),
+        "{ctx}"
+    );
+    assert!(
+        f.stderr.contains(&format!(
+            "bridle: refused connect unix:{} (POLICY_REFUSED, rule no-sockets)",
+            peers.path("real/linked.sock")
+        )),
+        "{ctx}"
+    );
+    assert_eq!(accepted(&no), 0, "{ctx}");
+    assert_eq!(accepted(&linked), 0, "{ctx}");
+    assert_eq!(accepted(&odd), 1, "{ctx}");
+    assert_eq!(accepted(&other), 1, "{ctx}");
+    assert_clean("after the unix spelling test");
+}
+
+/// Observe mode refuses no unix connect and reports each one it would have refused.
+#[test]
+fn observe_mode_lets_unix_connects_through_and_reports_them() {
+    require_root();
+    let _k = kernel_lock();
+    let peers = UnixPeers::new("observe");
+    let no = peers.listen("no.sock");
+    let dg = peers.datagram("dg.sock");
+    let policy = unix_policy(peers.dir.path(), "refuse", &[], &[peers.path("no.sock")]);
+    let mut cmd = Command::new(bridle_bin());
+    cmd.arg("run").arg("--policy").arg(&policy).arg("--observe");
+    cmd.args([
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!(
+            "\"$PROBE\" unix-connect '{}'; \"$PROBE\" unix-send '{}'; \"$PROBE\" unix-connect '{}'; true",
+            peers.path("no.sock"),
+            peers.path("dg.sock"),
+            peers.path("./no.sock"),
+        ),
+    ]);
+    cmd.env("PROBE", probe());
+    let f = finish(cmd, DEADLINE);
+    let ctx = show(&f);
+    assert_eq!(f.code, 0, "{ctx}");
+    assert!(
+        f.stdout
+            .contains(&format!("unix-connect {}: ok", peers.path("no.sock"))),
+        "{ctx}"
+    );
+    assert!(
+        f.stdout
+            .contains(&format!("unix-send {}: ok", peers.path("dg.sock"))),
+        "{ctx}"
+    );
+    for line in [
+        format!(
+            "bridle: observed connect unix:{} (OBSERVED: would be refused, POLICY_REFUSED, rule no-sockets)",
+            peers.path("no.sock")
+        ),
+        format!(
+            "bridle: observed sendto unix:{} (OBSERVED: would be refused, NO_MATCHING_RULE)",
+            peers.path("dg.sock")
+        ),
+        format!(
+            "bridle: observed connect unix:{} (OBSERVED: would be refused, NO_MATCHING_RULE; not a canonical socket path)",
+            peers.path("./no.sock")
+        ),
+    ] {
+        assert!(f.stderr.contains(&line), "missing {line:?}\n{ctx}");
+    }
+    assert_eq!(accepted(&no), 2, "{ctx}");
+    let mut buf = [0u8; 16];
+    assert!(dg.recv(&mut buf).is_ok(), "{ctx}");
+    assert!(
+        !f.stderr.contains("unix-socket rules are not enforced"),
+        "this kernel has the hooks\n{ctx}"
+    );
+    assert_clean("after the unix observe test");
 }

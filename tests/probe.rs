@@ -14,7 +14,9 @@
 //! `udp-send ADDR` (sendto without connect), `tfo ADDR` (TCP Fast Open: `sendto` with
 //! `MSG_FASTOPEN`, which connects inside the send), `uring-connect ADDR` (a connect submitted
 //! through io_uring), `raw-socket` / `packet-socket` (creation only), `unix-connect PATH`
-//! (stream) and `unix-send PATH` (datagram); a PATH starting with `@` is abstract.
+//! (stream) and `unix-send PATH` (datagram, from an unbound socket); a PATH starting with `@`
+//! is abstract. `unix-connect-padded PATH` passes the whole `sockaddr_un` as the address
+//! length, with bytes after the pathname's NUL set to `A`, as some programs do.
 //!
 //! The other subcommands are the workloads of `cargo xtask bench`: each does one operation in a
 //! tight loop and prints what it measured, so the figure never includes process start-up.
@@ -47,8 +49,13 @@ fn main() {
         [cmd] if cmd == "packet-socket" => {
             report(cmd, "", socket(libc::AF_PACKET, libc::SOCK_RAW, 0))
         }
-        [cmd, path] if cmd == "unix-connect" => report(cmd, path, unix(path, libc::SOCK_STREAM)),
-        [cmd, path] if cmd == "unix-send" => report(cmd, path, unix(path, libc::SOCK_DGRAM)),
+        [cmd, path] if cmd == "unix-connect" => {
+            report(cmd, path, unix(path, libc::SOCK_STREAM, false))
+        }
+        [cmd, path] if cmd == "unix-connect-padded" => {
+            report(cmd, path, unix(path, libc::SOCK_STREAM, true))
+        }
+        [cmd, path] if cmd == "unix-send" => report(cmd, path, unix(path, libc::SOCK_DGRAM, false)),
         [cmd, addr, n] if cmd == "udp-loop" => udp_loop(addr, n),
         [cmd, addr, rate, millis] if cmd == "udp-rate" => udp_rate(addr, rate, millis),
         [cmd, n, path] if cmd == "exec-loop" => exec_loop(n, path),
@@ -65,7 +72,7 @@ fn main() {
             eprintln!(
                 "usage: bridle-probe connect ADDR | connect-loop ADDR N | exec HOW FILE ARGS... \
                  | udp-send ADDR | tfo ADDR | uring-connect ADDR | raw-socket | packet-socket \
-                 | unix-connect PATH | unix-send PATH | udp-loop ADDR N | udp-rate ADDR RATE MILLIS \
+                 | unix-connect PATH | unix-connect-padded PATH | unix-send PATH | udp-loop ADDR N | udp-rate ADDR RATE MILLIS \
                  | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE \
                  | resolve NAME | resolve-connect NAME PORT | bpf-ids | ptrace PID | setns PATH"
             );
@@ -260,7 +267,8 @@ fn uring_connect(addr: &str) -> std::io::Result<()> {
 }
 
 /// A unix connect (stream) or datagram send to `path`; `@name` is the abstract name `name`.
-fn unix(path: &str, kind: i32) -> std::io::Result<()> {
+/// `padded`: the address length is all of `sockaddr_un`, the bytes after the path's NUL `A`.
+fn unix(path: &str, kind: i32, padded: bool) -> std::io::Result<()> {
     let fd = open(libc::AF_UNIX, kind, 0)?;
     // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
     let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -279,7 +287,14 @@ fn unix(path: &str, kind: i32) -> std::io::Result<()> {
         sun.sun_path[offset + i] = *b as libc::c_char;
     }
     let base = std::mem::size_of::<libc::sa_family_t>();
-    let len = if abstract_name {
+    if padded {
+        for b in sun.sun_path.iter_mut().skip(offset + name.len() + 1) {
+            *b = b'A' as libc::c_char;
+        }
+    }
+    let len = if padded {
+        std::mem::size_of::<libc::sockaddr_un>()
+    } else if abstract_name {
         base + 1 + name.len()
     } else {
         base + name.len() + 1

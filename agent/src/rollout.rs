@@ -129,6 +129,8 @@ pub struct Suggestion {
     records: usize,
     execs: BTreeSet<PathBuf>,
     connects: BTreeSet<SocketAddr>,
+    /// Unix sockets as rules write them (`unix:/path`, `unix:@name`).
+    sockets: BTreeSet<String>,
     names: HashMap<IpAddr, String>,
     raw: bool,
 }
@@ -158,6 +160,13 @@ impl Suggestion {
             "connect" | "sendto" => {
                 if let Ok(addr) = record.object.parse::<SocketAddr>() {
                     self.connects.insert(addr);
+                } else if record.object.starts_with("unix:")
+                    && bridle_engine::connect::unix_is_canonical(&record.object["unix:".len()..])
+                    && bridle_engine::ConnectObject::parse(&record.object).is_ok()
+                {
+                    // Only a spelling a rule can name: a non-canonical one is refused unless
+                    // named exactly, and naming it would teach the agent to use it.
+                    self.sockets.insert(record.object.clone());
                 }
             }
             "socket" => self.raw = true,
@@ -197,6 +206,7 @@ impl Suggestion {
             };
             connect.insert(format!("{host}:{}", addr.port()));
         }
+        connect.extend(self.sockets.iter().cloned());
         if self.raw {
             connect.insert("raw".to_owned());
         }
@@ -381,6 +391,9 @@ mod tests {
         s.add(&observed("connect", "198.51.100.1:22"));
         s.add(&observed("sendto", "[2001:db8::1]:123"));
         s.add(&observed("connect", "127.0.0.53:53"));
+        s.add(&observed("connect", "unix:/run/app.sock"));
+        s.add(&observed("sendto", "unix:@bus"));
+        s.add(&observed("connect", "unix:/run/../run/odd.sock"));
         s.add(&permitted("exec", "/usr/bin/permitted"));
         let text = s.policy("agent", "suggested", &FakeHost);
         check(&text, "suggested.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -394,7 +407,10 @@ mod tests {
         assert!(text.contains("\"198.51.100.1:22\""), "{text}");
         assert!(text.contains("\"[2001:db8::1]:123\""), "{text}");
         assert!(!text.contains(":53\""), "{text}");
-        assert_eq!(s.records(), 13);
+        assert!(text.contains("\"unix:/run/app.sock\""), "{text}");
+        assert!(text.contains("\"unix:@bus\""), "{text}");
+        assert!(!text.contains("odd.sock"), "{text}");
+        assert_eq!(s.records(), 16);
     }
 
     #[test]

@@ -250,3 +250,116 @@ __attribute__((always_inline)) u32 bridle_task_tgid(const struct task_struct *ta
 		return 0;
 	return (u32)tgid;
 }
+
+// --- unix socket addresses ---------------------------------------------------------------
+//
+// A sock_addr program's context, `struct bpf_sock_addr`, has no field for a unix address;
+// the kernel's own `struct bpf_sock_addr_kern` behind it has (`uaddr`, `uaddrlen`, since
+// Linux 6.7 with the unix hooks). The kfunc bpf_cast_to_kern_ctx gives a program that struct.
+//
+// aya 0.14 cannot relocate kfunc (ksym) calls, so the kfunc is called through a helper-call
+// placeholder: a helper id no kernel has. bridle's unix loader (agent/src/kernel/unix.rs)
+// rewrites each such call into a kfunc call with the kfunc's BTF id from the running kernel's
+// BTF before BPF_PROG_LOAD; anything that loads the program unrewritten is refused by the
+// verifier (unknown helper), so the placeholder can never run.
+
+// Keep in sync with KFUNC_CAST_TO_KERN_CTX in agent/src/kernel/unix.rs.
+#define BRIDLE_KFUNC_CAST_TO_KERN_CTX 0x62726401
+
+struct sockaddr;
+
+struct bpf_sock_addr_kern {
+	struct sockaddr *uaddr;
+	u32 uaddrlen;
+} __attribute__((preserve_access_index));
+
+static struct bpf_sock_addr_kern *(*bridle_cast_to_kern_ctx)(void *ctx) =
+	(void *)BRIDLE_KFUNC_CAST_TO_KERN_CTX;
+
+// sizeof(sun_path); offsetof(struct sockaddr_un, sun_path) is the 2 bytes of sun_family.
+#define UNIX_PATH_LEN 108
+#define SUN_PATH_OFFSET 2
+
+// A unix key's name: sun_path and four zero bytes (UNIX_KEY_NAME_LEN in bridle-common).
+#define UNIX_KEY_NAME_LEN (UNIX_PATH_LEN + 4)
+
+// The spelling check below is branch-free within each byte. BPF has no conditional move, so
+// a comparison whose result is used as a value becomes a branch, and the verifier would walk
+// one path per outcome of every byte, through the rest of the program, far past its limit.
+// An empty asm statement makes a value opaque to the compiler, which then cannot turn the
+// arithmetic back into a comparison.
+
+// 1 when v == 0, else 0 (v < 2^31).
+static __attribute__((always_inline)) u32 is_zero(u32 v)
+{
+	asm volatile("" : "+r"(v));
+	return (v - 1) >> 31;
+}
+
+// 1 when a == b, else 0 (bytes).
+static __attribute__((always_inline)) u32 is_eq(u32 a, u32 b)
+{
+	return is_zero(a ^ b);
+}
+
+// Reads the address the hook judges into `name`, a unix map key's name (UNIX_KEY_NAME_LEN
+// bytes, zero on entry): a pathname up to its first NUL (the kernel cuts it there, and what
+// follows must not make a distinct key), or an abstract name, a NUL byte and every byte given
+// after it. Returns the name's length (1..UNIX_PATH_LEN), or a negative errno when the address
+// cannot be read; sets *noncanonical for a pathname that is relative or has an empty, "." or
+// ".." component or a trailing "/".
+__attribute__((always_inline)) int bridle_read_unix_addr(void *ctx, unsigned char *name,
+							 u32 *noncanonical)
+{
+	struct bpf_sock_addr_kern *kern = bridle_cast_to_kern_ctx(ctx);
+	const unsigned char *sun_path;
+	u32 given, len, bad;
+	long copied;
+	int i;
+
+	*noncanonical = 0;
+	if (!kern)
+		return -14;
+	sun_path = (const unsigned char *)kern->uaddr + SUN_PATH_OFFSET;
+	given = kern->uaddrlen;
+	// The kernel has checked this already (unix_validate_addr); a bound for the verifier.
+	if (given <= SUN_PATH_OFFSET || given > SUN_PATH_OFFSET + UNIX_PATH_LEN)
+		return -22;
+	given -= SUN_PATH_OFFSET;
+	if (bpf_probe_read_kernel(name, 1, sun_path))
+		return -14;
+	if (name[0] == 0) {
+		// Abstract: exactly the bytes given; the rest of `name` stays zero.
+		if (bpf_probe_read_kernel(name, given, sun_path))
+			return -14;
+		return (int)given;
+	}
+	// A pathname: up to its first NUL or `given` bytes, NUL-terminated (hence the slack in
+	// `name`); the bytes after it stay zero. The copy may read one byte past `given`, inside
+	// the kernel's address buffer, and overwrites it with the NUL.
+	copied = bpf_probe_read_kernel_str(name, given + 1, sun_path);
+	if (copied <= 1)
+		return -14;
+	len = (u32)copied - 1;
+	bad = is_eq(name[0], '/') ^ 1;
+	for (i = 0; i < UNIX_PATH_LEN; i++) {
+		u32 n1, n2, n3, dot1, dot2, end2, end3, empty;
+
+		// Only the path's own bytes: the rest of the program then meets one state
+		// whatever the length (the registers that differ are dead after the loop).
+		if ((u32)i >= len)
+			break;
+		n1 = name[i + 1];
+		n2 = name[i + 2];
+		n3 = name[i + 3];
+		dot1 = is_eq(n1, '.');
+		dot2 = is_eq(n2, '.');
+		end2 = is_zero(n2) | is_eq(n2, '/');
+		end3 = is_zero(n3) | is_eq(n3, '/');
+		// "//", a trailing "/" (but "/" alone is the root), "/." and "/.." components.
+		empty = is_eq(n1, '/') | (is_zero(n1) & (i > 0));
+		bad |= is_eq(name[i], '/') & (empty | (dot1 & end2) | (dot1 & dot2 & end3));
+	}
+	*noncanonical = bad;
+	return (int)len;
+}

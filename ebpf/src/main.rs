@@ -11,6 +11,8 @@ mod lsm;
 mod sock;
 // DNS traffic to the workload's resolver, and replies back from the address asked.
 mod dns;
+// Unix-socket connects and datagram sends.
+mod unix;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

@@ -208,6 +208,8 @@ pub fn loaded_bridle_programs() -> Vec<String> {
                 "sock_create",
                 "recvmsg4",
                 "recvmsg6",
+                "connect_unix",
+                "sendmsg_unix",
             ]
             .iter()
             .any(|n| l.contains(&format!("name {n} ")))

@@ -85,7 +85,9 @@ pub struct HostEntry {
     pub rule: RuleId,
 }
 
-/// A unix socket path (`/path`) or abstract name (`@name`).
+/// A unix socket path (`/path`) or abstract name (`@name`) and the rule that decides it:
+/// [`Compiled::unix`] holds one entry per address, so the kernel's exact lookup is the whole
+/// decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnixEntry {
     /// The path or `@name`.
@@ -121,7 +123,8 @@ pub struct Compiled {
     pub net6: Vec<NetEntry<Ipv6Addr>>,
     /// Host-name patterns, sorted by rule id.
     pub hosts: Vec<HostEntry>,
-    /// Unix sockets, sorted by rule id.
+    /// Unix sockets, one entry per address (the deciding rule's: the lowest id, so a refusal
+    /// overrides a permit), sorted by rule id.
     pub unix: Vec<UnixEntry>,
     /// The deciding entry for raw and packet sockets, if any rule names `raw`.
     pub raw: Option<(Effect, RuleId)>,
@@ -230,6 +233,10 @@ pub fn compile_with_invariants(policy: &Policy, invariants: &[Rule]) -> Compiled
             }
         }
     }
+
+    // Rules were visited in precedence order: the first entry of an address decides it.
+    let mut seen = std::collections::HashSet::new();
+    unix.retain(|u: &UnixEntry| seen.insert(u.path.clone()));
 
     let net4 = flatten(&v4, |a: Ipv4Addr, len| {
         Ipv4Addr::from(mask4(u32::from(a), len))

@@ -338,6 +338,26 @@ fn parse_unix(rest: &str) -> Result<String, String> {
     }
 }
 
+/// Whether a unix socket address is spelled the one way a rule can name it: an abstract name
+/// (`@name`), or an absolute path with no empty, `.` or `..` component and no trailing `/`.
+///
+/// The kernel judges the address string as the process passes it, not the socket it reaches,
+/// so `/run/./docker.sock` would dodge a refuse rule on `/run/docker.sock`. A path spelled any
+/// other way (relative ones included) is therefore refused unless a rule names that exact
+/// spelling, whatever the policy's default.
+pub fn unix_is_canonical(address: &str) -> bool {
+    if address.starts_with('@') {
+        return true;
+    }
+    let Some(rest) = address.strip_prefix('/') else {
+        return false;
+    };
+    rest.is_empty()
+        || rest
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// Lower-cases a host name, drops one trailing dot, and checks its labels.
 pub fn parse_host_name(name: &str, text: &str) -> Result<String, String> {
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
@@ -502,6 +522,30 @@ mod tests {
         assert!(p("[2001:db8::/32]:443").matches(&t("[2001:db8::1]:443")));
         assert!(!p("127.0.0.1:8000-8999").matches(&t("127.0.0.1:9000")));
         assert!(p("unix:@x").matches(&t("unix:@x")));
+        for ok in [
+            "/",
+            "/run/app.sock",
+            "/run/.hidden",
+            "/run/...",
+            "@x",
+            "@/a//b/../",
+        ] {
+            assert!(unix_is_canonical(ok), "{ok}");
+        }
+        for bad in [
+            "//run/x",
+            "/run//x",
+            "/run/./x",
+            "/run/../run/x",
+            "/run/x/",
+            "/run/.",
+            "/run/..",
+            "run/x",
+            "./x",
+            "",
+        ] {
+            assert!(!unix_is_canonical(bad), "{bad}");
+        }
         assert!(!p("unix:@x").matches(&t("unix:/x")));
     }
 }

@@ -69,6 +69,8 @@ struct Finding {
     hit: Option<Hit>,
     /// A permit rule that matched but lost to a refuse rule.
     overridden: Option<Hit>,
+    /// A unix path spelled non-canonically that no rule names: refused for that.
+    noncanonical: bool,
 }
 
 /// The object in the form rules match against.
@@ -592,6 +594,7 @@ fn anonymous(judge: &Judge) -> Finding {
         },
         hit: None,
         overridden: None,
+        noncanonical: false,
     }
 }
 
@@ -622,6 +625,7 @@ fn find(judge: &Judge, probe: &Probe, n: &Normal, available: &dyn Fn(usize) -> b
             code: Code::PolicyRefused,
             hit: Some(hit),
             overridden: permit.map(|p| p.2),
+            noncanonical: false,
         };
     }
     if let Some((_, _, best)) = permit {
@@ -647,7 +651,19 @@ fn find(judge: &Judge, probe: &Probe, n: &Normal, available: &dyn Fn(usize) -> b
             code: Code::RateLimited,
             hit: Some(best),
             overridden: None,
+            noncanonical: false,
         };
+    }
+    if let Some(Target::Unix(address)) = &n.target {
+        if !crate::connect::unix_is_canonical(address) {
+            return Finding {
+                effect: Effect::Refuse,
+                code: Code::NoMatchingRule,
+                hit: None,
+                overridden: None,
+                noncanonical: true,
+            };
+        }
     }
     let name = matches!(n.target, Some(Target::Host { .. }));
     Finding {
@@ -659,6 +675,7 @@ fn find(judge: &Judge, probe: &Probe, n: &Normal, available: &dyn Fn(usize) -> b
         },
         hit: None,
         overridden: None,
+        noncanonical: false,
     }
 }
 
@@ -668,6 +685,7 @@ fn permitted(hit: Hit) -> Finding {
         code: Code::Permitted,
         hit: Some(hit),
         overridden: None,
+        noncanonical: false,
     }
 }
 
@@ -724,6 +742,16 @@ fn verdict_for(judge: &Judge, f: &Finding, n: &Normal, full: bool) -> Verdict {
             v.hint = format!(
                 "set allow_anonymous_exec = false in policy \"{}\" to refuse anonymous executables",
                 policy.name
+            );
+        }
+        (Code::NoMatchingRule, None) if f.noncanonical => {
+            v.reason = format!(
+                "{what}: not a canonical socket path (relative, or with an empty, \".\" or \"..\" component, or a trailing \"/\") and no rule of policy \"{}\" names this spelling; refused whatever the default, because the kernel judges the address as written and another spelling could reach a socket a rule refuses",
+                policy.name
+            );
+            v.hint = format!(
+                "connect to the socket's canonical path, or add \"{}\" itself to a permit rule of policy \"{}\"",
+                n.literal, policy.name
             );
         }
         (Code::NameNotAllowed, _) => {

@@ -3,7 +3,8 @@
 //! Tests hold it against [`crate::Engine::judge`]; the loader can use it to check the maps it
 //! builds. Exec: every exec entry that matches (exact path or glob under its static prefix),
 //! the lowest rule id wins. Addresses: longest-prefix match, then the first port entry that
-//! contains the port. Names and unix sockets: the lowest matching rule id.
+//! contains the port. Names: the lowest matching rule id. Unix sockets: the one entry of the
+//! address, else a refusal for a non-canonical path spelling, else the default.
 
 use crate::compile::{Compiled, NetEntry, RuleId};
 use crate::connect::{mask4, mask6, Target};
@@ -68,14 +69,17 @@ impl Compiled {
                         .min(),
                     true,
                 ),
-                Target::Unix(p) => (
-                    self.unix
-                        .iter()
-                        .filter(|u| u.path == p)
-                        .map(|u| u.rule)
-                        .min(),
-                    false,
-                ),
+                Target::Unix(p) => {
+                    let hit = self.unix.iter().find(|u| u.path == p).map(|u| u.rule);
+                    if hit.is_none() && !crate::connect::unix_is_canonical(&p) {
+                        return self.observe(Lookup {
+                            effect: Effect::Refuse,
+                            code: Code::NoMatchingRule,
+                            rule: None,
+                        });
+                    }
+                    (hit, false)
+                }
                 Target::Raw => (self.raw.map(|(_, r)| r), false),
             },
         };

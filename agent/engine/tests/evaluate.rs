@@ -138,6 +138,95 @@ fn connect_objects() {
 }
 
 #[test]
+fn a_non_canonical_unix_path_is_refused_unless_a_rule_names_that_spelling() {
+    let p = policy(
+        r#"
+name = "sockets"
+default = "permit"
+[[rule]]
+name = "no-docker"
+effect = "refuse"
+connect = ["unix:/run/docker.sock"]
+[[rule]]
+name = "odd"
+effect = "permit"
+connect = ["unix:/run//odd.sock"]
+"#,
+    );
+    let e = Engine::new(p.clone());
+    assert_eq!(
+        e.judge(&conn("unix:/run/docker.sock")).effect,
+        Effect::Refuse
+    );
+    assert_eq!(
+        e.judge(&conn("unix:/run/other.sock")).effect,
+        Effect::Permit
+    );
+    for spelling in [
+        "unix://run/docker.sock",
+        "unix:/run/./docker.sock",
+        "unix:/run/../run/docker.sock",
+        "unix:/run/docker.sock/",
+    ] {
+        let v = e.judge(&conn(spelling));
+        assert_eq!(
+            (v.effect, v.code, v.rule.as_deref()),
+            (Effect::Refuse, Code::NoMatchingRule, None),
+            "{spelling}"
+        );
+        assert!(
+            v.reason.contains("not a canonical socket path"),
+            "{}",
+            v.reason
+        );
+        assert!(v.hint.contains("canonical path"), "{}", v.hint);
+    }
+    // A relative path, as the kernel may see one.
+    let v = e.judge(&Object::Connect(Target::Unix("run/docker.sock".into())));
+    assert_eq!(v.effect, Effect::Refuse);
+    // A rule that names the spelling decides it, and the kernel model agrees throughout.
+    assert_eq!(e.judge(&conn("unix:/run//odd.sock")).code, Code::Permitted);
+    let compiled = bridle_engine::compile(&p);
+    for t in ["unix:/run//odd.sock", "unix:/run/./docker.sock", "unix:@x"] {
+        let v = e.judge(&conn(t));
+        let k = compiled.lookup(&conn(t));
+        assert_eq!((v.effect, v.code), (k.effect, k.code), "{t}");
+    }
+    // Observe mode lets it through and says what it would have done.
+    let mut observed = p;
+    observed.mode = bridle_engine::Mode::Observe;
+    let v = Engine::new(observed).judge(&conn("unix:/run/./docker.sock"));
+    assert_eq!((v.effect, v.code), (Effect::Permit, Code::Observed));
+}
+
+#[test]
+fn one_unix_entry_per_address_and_the_refusal_decides() {
+    let p = policy(
+        r#"
+name = "sockets"
+[[rule]]
+name = "allow"
+effect = "permit"
+connect = ["unix:/run/a.sock", "unix:@bus"]
+[[rule]]
+name = "deny"
+effect = "refuse"
+connect = ["unix:/run/a.sock"]
+"#,
+    );
+    let compiled = bridle_engine::compile(&p);
+    let a: Vec<_> = compiled
+        .unix
+        .iter()
+        .filter(|u| u.path == "/run/a.sock")
+        .collect();
+    assert_eq!(a.len(), 1, "{:?}", compiled.unix);
+    assert_eq!(a[0].effect, Effect::Refuse);
+    assert_eq!(compiled.rules[a[0].rule.0 as usize].name, "deny");
+    assert_eq!(compiled.unix.len(), 2);
+}
+
+#[test]
 fn invariants_cannot_be_overridden() {
     let inv = Invariants::parse(
         "[[rule]]\nname = \"no-git\"\nexec = [\"/usr/bin/git\"]\n",

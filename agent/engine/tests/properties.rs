@@ -98,7 +98,7 @@ fn connect_object() -> impl Strategy<Value = ConnectObject> {
         4 => v4_object(),
         2 => v6_object(),
         2 => (prop::sample::select(HOSTS), prop::sample::select(PORTS)).prop_map(|(h, p)| format!("{h}:{p}")),
-        1 => prop::sample::select(vec!["unix:/run/a.sock", "unix:@bus", "unix:/run/b.sock"]).prop_map(String::from),
+        1 => prop::sample::select(vec!["unix:/run/a.sock", "unix:@bus", "unix:/run/b.sock", "unix:/run/../run/a.sock"]).prop_map(String::from),
         1 => Just("raw".to_string()),
         1 => (0u8..4, prop::sample::select(PORTS)).prop_map(|(d, p)| format!("[::ffff:10.0.0.{d}]:{p}")),
     ]
@@ -201,7 +201,7 @@ fn object() -> impl Strategy<Value = Object> {
         2 => v6.prop_map(Object::Connect),
         2 => (prop::sample::select(TARGET_HOSTS), prop::sample::select(TARGET_PORTS))
             .prop_map(|(h, port)| Object::Connect(Target::Host { name: h.into(), port })),
-        1 => prop::sample::select(vec!["unix:/run/a.sock", "unix:@bus", "unix:/run/c.sock", "raw"])
+        1 => prop::sample::select(vec!["unix:/run/a.sock", "unix:@bus", "unix:/run/c.sock", "raw", "unix:/run/../run/a.sock", "unix://run/a.sock"])
             .prop_map(|t| Object::Connect(Target::parse(t).unwrap())),
     ]
 }

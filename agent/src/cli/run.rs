@@ -177,6 +177,7 @@ fn confine_and_wait(
     // One workload, one policy for its whole life: its cgroup id serves as its slot too.
     let slot = cgroup.id();
     let mut entries = entries::build(engine, compiled, slot)?;
+    entries.not_enforced.extend(enforcer.unix_warning(compiled));
     for warning in &entries.not_enforced {
         eprintln!("bridle: warning: {warning}");
     }

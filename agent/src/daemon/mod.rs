@@ -20,7 +20,7 @@ use crate::{
         events::Decided,
         net, pins,
         tier::{self, ExecTier},
-        Enforcer,
+        unix, Enforcer,
     },
 };
 use anyhow::{bail, Context, Result};
@@ -466,6 +466,9 @@ impl Daemon {
     ) -> Result<(KernelEntries, Workload, Issuer)> {
         let slot = new_slot();
         let mut entries = entries::build(&prepared.engine, &prepared.compiled, slot)?;
+        entries
+            .not_enforced
+            .extend(self.enforcer.unix_warning(&prepared.compiled));
         for warning in &entries.not_enforced {
             warn!(cgroup = %path.display(), "{warning}");
         }
@@ -557,6 +560,8 @@ impl Daemon {
         if !pins::pinned_cgroups(&self.pin_dir)?.contains(&id) {
             let links = self.enforcer.attach_cgroup(path)?;
             self.enforcer.pin_cgroup_links(&self.pin_dir, id, links)?;
+        } else {
+            self.enforcer.attach_missing_unix(&self.pin_dir, id, path)?;
         }
         info!(
             cgroup = %path.display(),
@@ -1272,7 +1277,10 @@ impl Daemon {
                 }),
                 "connect": "cgroup connect4/connect6, sendmsg4/sendmsg6",
                 "raw_sockets": "cgroup sock_create",
-                "unix_sockets": net::UNIX_NOT_ENFORCED,
+                "unix_sockets": match self.enforcer.unix_unavailable() {
+                    None => unix::ENFORCED.to_owned(),
+                    Some(why) => unix::not_enforced(why),
+                },
             },
             "workloads": workloads,
             "events": {"judged": stats.judged, "refused": stats.refused, "lost": stats.events_lost},

@@ -7,17 +7,21 @@
 //! construction; a hard link or bind mount of a refused file is refused by identity, and a
 //! file replaced at a named path (a package upgrade: new inode, same path) meets its path's
 //! rule by place. Address rules arrive already flattened by the engine.
+//!
+//! Unix-socket rules arrive as one entry per address; the kernel matches the address string
+//! exactly, so each pathname is also entered under the spellings the host's symlinks give it
+//! when the entries are built (see [`unix_spellings`]).
 
 use anyhow::{bail, Context, Result};
 use bridle_common::{
-    Decision, ExecKey, ExecPlace, ExecPlaceKey, PortRule, PortRules, EFFECT_PERMIT, EFFECT_REFUSE,
-    PORT_RULES,
+    Decision, ExecKey, ExecPlace, ExecPlaceKey, PortRule, PortRules, UnixKey, EFFECT_PERMIT,
+    EFFECT_REFUSE, PORT_RULES,
 };
 use bridle_engine::{
     Code, Compiled, Effect, Engine, ExecPattern, NetEntry, Object, PortEntry, RuleId,
 };
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     os::unix::{
         ffi::OsStrExt,
@@ -41,6 +45,8 @@ pub struct KernelEntries {
     pub net4: Vec<(u8, [u8; 4], PortRules)>,
     /// IPv6 entries: (prefix length, address, port rules).
     pub net6: Vec<(u8, [u8; 16], PortRules)>,
+    /// Unix-socket decisions by exact address (the slot is in the key).
+    pub unix: Vec<(UnixKey, Decision)>,
     /// Resolved exec files by identity, to name them in events.
     pub exec_paths: HashMap<(u64, u64), PathBuf>,
     /// What the policy says that this kernel tier does not enforce, in the operator's words.
@@ -54,9 +60,11 @@ impl KernelEntries {
         let places = self.places.iter().map(|(_, d)| d.rule);
         let net4 = self.net4.iter().flat_map(|(_, _, p)| used(p));
         let net6 = self.net6.iter().flat_map(|(_, _, p)| used(p));
+        let unix = self.unix.iter().map(|(_, d)| d.rule);
         exec.chain(places)
             .chain(net4)
             .chain(net6)
+            .chain(unix)
             .filter(|r| *r != u32::MAX)
             .collect()
     }
@@ -71,6 +79,7 @@ impl KernelEntries {
         };
         self.exec.iter_mut().for_each(|(_, d)| apply(d));
         self.places.iter_mut().for_each(|(_, d)| apply(d));
+        self.unix.iter_mut().for_each(|(_, d)| apply(d));
         let net4 = self.net4.iter_mut().map(|(_, _, p)| p);
         let net6 = self.net6.iter_mut().map(|(_, _, p)| p);
         for ports in net4.chain(net6) {
@@ -115,13 +124,128 @@ pub fn build(engine: &Engine, compiled: &Compiled, slot: u64) -> Result<KernelEn
     out.net6 = net_entries(compiled, &compiled.net6, |a| a.octets())?;
     // Host rules have no entries here: the workload's resolver installs the addresses of
     // the names it answers (see crate::dns).
-    // A refusing default covers unix connects too, and they are not hooked: say so then as
-    // well, not only when the policy names a socket.
-    if !compiled.unix.is_empty() || compiled.default == Effect::Refuse {
-        out.not_enforced
-            .push(super::net::UNIX_NOT_ENFORCED.to_owned());
-    }
+    out.unix = unix_entries(compiled, slot, &directory_links());
     Ok(out)
+}
+
+/// The unix-socket entries of `compiled` under `slot`, each pathname also under the other
+/// spellings `links` give it. Where two spellings meet (a rule names both), the rule of lower
+/// id, that is the refusal, decides, as the engine decides between rules.
+fn unix_entries(
+    compiled: &Compiled,
+    slot: u64,
+    links: &[(PathBuf, PathBuf)],
+) -> Vec<(UnixKey, Decision)> {
+    let mut by_address: BTreeMap<String, (RuleId, Effect)> = BTreeMap::new();
+    let mut add = |address: String, rule: RuleId, effect: Effect| {
+        by_address
+            .entry(address)
+            .and_modify(|e| {
+                if rule < e.0 {
+                    *e = (rule, effect);
+                }
+            })
+            .or_insert((rule, effect));
+    };
+    for entry in &compiled.unix {
+        add(entry.path.clone(), entry.rule, entry.effect);
+        if entry.path.starts_with('/') {
+            for spelling in unix_spellings(Path::new(&entry.path), links) {
+                add(spelling, entry.rule, entry.effect);
+            }
+        }
+    }
+    by_address
+        .into_iter()
+        // An address longer than sun_path cannot be connected to by that spelling at all.
+        .filter_map(|(address, (rule, effect))| {
+            let key = UnixKey::from_address(slot, address.as_bytes())?;
+            let RuleId(index) = rule;
+            let code = compiled
+                .rules
+                .get(index as usize)
+                .map(|r| r.code)
+                .unwrap_or(Code::NoMatchingRule);
+            Some((
+                key,
+                Decision {
+                    effect: effect_byte(effect),
+                    code: code.index(),
+                    rule: index,
+                    ..Decision::default()
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Other spellings of socket path `path` on this host: the path with its symlinks resolved,
+/// and the path reached through each directory symlink of `links` (`/var/run` for `/run`).
+/// The kernel hook sees only the string a process passes, so without these a rule on
+/// `/var/run/docker.sock` would not cover a connect to `/run/docker.sock`, or the reverse.
+/// Symlinks made after the entries are built (by the workload, say) are not covered.
+pub fn unix_spellings(path: &Path, links: &[(PathBuf, PathBuf)]) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    // The socket itself may not exist yet: then its directory still resolves.
+    let resolved = fs::canonicalize(path).ok().or_else(|| {
+        let dir = fs::canonicalize(path.parent()?).ok()?;
+        Some(dir.join(path.file_name()?))
+    });
+    let mut targets = vec![path.to_path_buf()];
+    if let Some(resolved) = resolved {
+        targets.push(resolved);
+    }
+    for target in &targets {
+        out.insert(target.clone());
+        for (link, dir) in links {
+            if let Ok(rest) = target.strip_prefix(dir) {
+                out.insert(link.join(rest));
+            }
+        }
+    }
+    out.remove(path);
+    out.into_iter()
+        .filter_map(|p| p.to_str().map(str::to_owned))
+        .collect()
+}
+
+/// Directory symlinks in the first two levels of the filesystem (`/var/run` -> `/run`,
+/// `/bin` -> `/usr/bin`), with their resolved targets: the usual second spellings of a socket
+/// path. Virtual filesystems are skipped.
+pub fn directory_links() -> Vec<(PathBuf, PathBuf)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::from("/")];
+    for depth in 0..2 {
+        let mut next = Vec::new();
+        for dir in &dirs {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if ["/proc", "/sys", "/dev"]
+                    .iter()
+                    .any(|v| path == Path::new(v))
+                {
+                    continue;
+                }
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_symlink() {
+                    if let Ok(target) = fs::canonicalize(&path) {
+                        if target.is_dir() && target != path {
+                            out.push((path, target));
+                        }
+                    }
+                } else if kind.is_dir() && depth == 0 {
+                    next.push(path);
+                }
+            }
+        }
+        dirs = next;
+    }
+    out
 }
 
 /// One family's address entries, each with its port rules.
@@ -303,6 +427,57 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bridle_engine::{compile, Policy};
+
+    #[test]
+    fn a_socket_path_is_entered_under_its_symlinked_spellings() {
+        let dir = tempfile_dir();
+        let real = dir.join("run");
+        fs::create_dir_all(&real).expect("run");
+        let link = dir.join("var-run");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let links = vec![(link.clone(), real.clone())];
+        let through_link = link.join("docker.sock");
+        let spellings = unix_spellings(&through_link, &links);
+        assert!(spellings.contains(&real.join("docker.sock").display().to_string()));
+        let spellings = unix_spellings(&real.join("docker.sock"), &links);
+        assert_eq!(spellings, vec![through_link.display().to_string()]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn where_two_spellings_meet_the_refusal_decides() {
+        let dir = tempfile_dir();
+        let real = dir.join("run");
+        fs::create_dir_all(&real).expect("run");
+        let link = dir.join("var-run");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let text = format!(
+            "name = \"t\"\ndefault = \"permit\"\n[[rule]]\nname = \"allow\"\neffect = \"permit\"\nconnect = [\"unix:{r}/d.sock\"]\n[[rule]]\nname = \"deny\"\neffect = \"refuse\"\nconnect = [\"unix:{l}/d.sock\"]\n",
+            r = real.display(),
+            l = link.display()
+        );
+        let compiled = compile(&Policy::parse(&text, "t.toml").expect("parses"));
+        let entries = unix_entries(&compiled, 5, &[(link.clone(), real.clone())]);
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        for (key, decision) in &entries {
+            assert_eq!(key.slot, 5);
+            assert_eq!(decision.effect, EFFECT_REFUSE, "{key:?}");
+            assert_eq!(compiled.rules[decision.rule as usize].name, "deny");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "bridle-entries-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
 
     #[test]
     fn kernel_dev_matches_mkdev() {

@@ -1,8 +1,9 @@
 //! Decoding the kernel's decision events.
 
 use bridle_common::{
-    Event, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED,
-    EVENT_RAW_SOCKET, EVENT_SENDMSG4, EVENT_SENDMSG6,
+    Event, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_CONNECT_UNIX, EVENT_EXEC,
+    EVENT_KILLED, EVENT_NONCANONICAL, EVENT_OBSERVED, EVENT_RAW_SOCKET, EVENT_SENDMSG4,
+    EVENT_SENDMSG6, EVENT_SENDMSG_UNIX, UNIX_PATH_LEN,
 };
 use bridle_engine::Code;
 use std::{
@@ -27,6 +28,11 @@ pub enum Operation {
     Connect(SocketAddr),
     /// A UDP datagram sent to an address without a connect.
     Send(SocketAddr),
+    /// A connect of a unix socket, to `/path` or `@abstract` (as policies write it, bytes
+    /// that are not printable escaped as `\xNN`).
+    UnixConnect(String),
+    /// A unix datagram sent to an address without a connect.
+    UnixSend(String),
     /// The creation of a raw or packet socket.
     RawSocket {
         /// Address family (`AF_*`).
@@ -41,8 +47,8 @@ impl Operation {
     pub fn action(&self) -> &'static str {
         match self {
             Operation::Exec { .. } => "exec",
-            Operation::Connect(_) => "connect",
-            Operation::Send(_) => "sendto",
+            Operation::Connect(_) | Operation::UnixConnect(_) => "connect",
+            Operation::Send(_) | Operation::UnixSend(_) => "sendto",
             Operation::RawSocket { .. } => "socket",
         }
     }
@@ -63,6 +69,8 @@ impl fmt::Display for Operation {
             Operation::Exec { path, .. } => write!(f, "exec {path}"),
             Operation::Connect(addr) => write!(f, "connect {addr}"),
             Operation::Send(addr) => write!(f, "sendto {addr}"),
+            Operation::UnixConnect(addr) => write!(f, "connect unix:{addr}"),
+            Operation::UnixSend(addr) => write!(f, "sendto unix:{addr}"),
             Operation::RawSocket { family, kind } => {
                 let family = match i32::from(*family) {
                     libc::AF_INET => "AF_INET".to_owned(),
@@ -98,6 +106,8 @@ pub struct Decided {
     pub observed: bool,
     /// The process was killed (kill-on-exec tier).
     pub killed: bool,
+    /// A unix pathname spelled non-canonically, refused for that (no entry named it).
+    pub noncanonical: bool,
     /// Process id.
     pub tgid: u32,
     /// Real uid.
@@ -129,6 +139,8 @@ impl Decided {
             EVENT_CONNECT6 => Operation::Connect(v6(&ev)),
             EVENT_SENDMSG4 => Operation::Send(v4(&ev)),
             EVENT_SENDMSG6 => Operation::Send(v6(&ev)),
+            EVENT_CONNECT_UNIX => Operation::UnixConnect(unix_address(&ev)),
+            EVENT_SENDMSG_UNIX => Operation::UnixSend(unix_address(&ev)),
             EVENT_RAW_SOCKET => Operation::RawSocket {
                 family: u16::from_ne_bytes([ev.addr[0], ev.addr[1]]),
                 kind: ev.port,
@@ -142,6 +154,7 @@ impl Decided {
             rule: ev.rule,
             observed: ev.flags & EVENT_OBSERVED != 0,
             killed: ev.flags & EVENT_KILLED != 0,
+            noncanonical: ev.flags & EVENT_NONCANONICAL != 0,
             tgid: ev.tgid,
             uid: ev.uid,
             comm: c_string(&ev.comm),
@@ -154,9 +167,13 @@ impl Decided {
     /// `bridle: refused exec /usr/bin/curl (NO_MATCHING_RULE)`; `rule_name` names rule indices.
     pub fn report_line(&self, rule_name: impl Fn(u32) -> Option<String>) -> String {
         let code = self.code.map(|c| c.as_str()).unwrap_or("UNKNOWN_CODE");
-        let rule = rule_name(self.rule)
+        let mut rule = rule_name(self.rule)
             .map(|r| format!(", rule {r}"))
             .unwrap_or_default();
+        if self.noncanonical {
+            // Why a connect the default would have let through was refused.
+            rule.push_str("; not a canonical socket path");
+        }
         if self.observed {
             format!(
                 "bridle: observed {} ({}: would be refused, {code}{rule})",
@@ -178,6 +195,42 @@ fn v4(ev: &Event) -> SocketAddr {
 
 fn v6(ev: &Event) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ev.addr)), ev.port)
+}
+
+/// A unix address as policies write it: `/path` (or a relative path, as given), or `@name`
+/// for the abstract name after the leading NUL byte.
+fn unix_address(ev: &Event) -> String {
+    let len = usize::from(ev.port).min(UNIX_PATH_LEN);
+    let bytes = &ev.path[..len];
+    match bytes.split_first() {
+        Some((0, name)) => format!("@{}", escape(name)),
+        _ => escape(bytes),
+    }
+}
+
+/// Text with every byte that is not printable (control characters, NULs inside an abstract
+/// name, invalid UTF-8) and the backslash written as `\xNN` / `\\`, so a record shows
+/// exactly which address was asked for and nothing in it can forge a line.
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// A decision as the operator reads it and as the audit trail records it.
@@ -331,6 +384,35 @@ mod tests {
         assert_eq!(
             d.report_line(|_| None),
             "bridle: refused socket AF_INET SOCK_RAW (raw) (NO_MATCHING_RULE)"
+        );
+    }
+
+    #[test]
+    fn decodes_unix_connects_and_sends() {
+        let mut ev = event(EVENT_CONNECT_UNIX);
+        ev.path[..13].copy_from_slice(b"/run/app.sock");
+        ev.port = 13;
+        let d = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(
+            d.report_line(|_| None),
+            "bridle: refused connect unix:/run/app.sock (NO_MATCHING_RULE)"
+        );
+        assert_eq!(d.operation.action(), "connect");
+        assert_eq!(d.operation.object(), "unix:/run/app.sock");
+        let mut ev = event(EVENT_SENDMSG_UNIX);
+        ev.path[..6].copy_from_slice(b"\0bus\0x");
+        ev.port = 6;
+        let d = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(d.operation, Operation::UnixSend("@bus\\x00x".into()));
+        assert_eq!(d.operation.to_string(), "sendto unix:@bus\\x00x");
+        let mut ev = event(EVENT_CONNECT_UNIX);
+        ev.path[..10].copy_from_slice(b"/run/../x\n");
+        ev.port = 10;
+        ev.flags = EVENT_NONCANONICAL;
+        let d = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(
+            d.report_line(|_| None),
+            "bridle: refused connect unix:/run/../x\\x0a (NO_MATCHING_RULE; not a canonical socket path)"
         );
     }
 

@@ -4,12 +4,14 @@
 //! One module per concern: [`entries`] turns a compiled policy into map entries, [`events`]
 //! reads decisions back. This module owns the loaded object and nothing else.
 
+pub mod bpf_sys;
 pub mod dns;
 pub mod entries;
 pub mod events;
 pub mod net;
 pub mod pins;
 pub mod tier;
+pub mod unix;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -21,10 +23,15 @@ use aya::{
     Ebpf,
 };
 use bridle_common::{
-    Decision, ExecKey, ExecPlaceKey, Net4Key, Net6Key, PortRules, Workload, NET_KEY_SLOT_BITS,
-    STAT_COUNT,
+    Decision, ExecKey, ExecPlaceKey, Net4Key, Net6Key, PortRules, UnixKey, Workload,
+    NET_KEY_SLOT_BITS, STAT_COUNT,
 };
-use std::{collections::BTreeMap, fs::File, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::fd::{AsFd, BorrowedFd},
+    path::Path,
+};
 
 use entries::KernelEntries;
 
@@ -35,7 +42,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/br
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
 /// Every map of the object, by name.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     "WORKLOADS",
     "EXEC_RULES",
     "EXEC_PLACES",
@@ -46,6 +53,7 @@ pub const MAP_NAMES: [&str; 10] = [
     "TASKS",
     "DNS_REDIRECT",
     "DNS_ORIGIN",
+    unix::MAP,
 ];
 
 /// bridle's programs and maps. Dropping it detaches and unloads everything it loaded and did
@@ -58,6 +66,8 @@ pub struct Enforcer {
     tier_links: Vec<tier::TierLink>,
     /// The exec tier in place.
     exec_tier: tier::ExecTier,
+    /// The unix-socket hooks, loaded outside aya (see [`unix`]), or why they are missing.
+    unix: unix::UnixState,
 }
 
 /// Where programs and maps come from: this process's own load, or the pins a previous daemon
@@ -104,6 +114,20 @@ impl Objects {
         }
     }
 
+    /// A borrowed descriptor of map `name`, whatever its type.
+    fn map_fd(&self, name: &str) -> Option<BorrowedFd<'_>> {
+        let data = match self.map(name)? {
+            Map::HashMap(d)
+            | Map::LruHashMap(d)
+            | Map::LpmTrie(d)
+            | Map::PerCpuArray(d)
+            | Map::RingBuf(d)
+            | Map::Array(d) => d,
+            _ => return None,
+        };
+        Some(data.fd().as_fd())
+    }
+
     fn take_map(&mut self, name: &str) -> Option<Map> {
         match &mut self.ebpf {
             Some(ebpf) => ebpf.take_map(name),
@@ -140,16 +164,34 @@ impl Enforcer {
         load_sock_addr(&mut ebpf, &CONNECT_PROGRAMS)?;
         net::load(&mut ebpf)?;
         dns::load(&mut ebpf)?;
+        let objects = Objects {
+            ebpf: Some(ebpf),
+            maps: BTreeMap::new(),
+            programs: BTreeMap::new(),
+        };
+        // Loaded for real: where the kernel lacks the hooks this is how we find out.
+        let unix = unix::UnixState::load(OBJECT, &|name| objects.map_fd(name));
         Ok(Enforcer {
-            objects: Objects {
-                ebpf: Some(ebpf),
-                maps: BTreeMap::new(),
-                programs: BTreeMap::new(),
-            },
+            objects,
             exec_link: Some(exec_link),
             tier_links: Vec::new(),
             exec_tier: tier::ExecTier::Kill,
+            unix,
         })
+    }
+
+    /// Why unix-socket rules are not enforced here; `None` when the hooks are loaded.
+    pub fn unix_unavailable(&self) -> Option<&str> {
+        self.unix.unavailable()
+    }
+
+    /// The warning to give for a policy, if this kernel cannot enforce something it says:
+    /// unix rules, or a refusing default (which covers unix connects too), without the hooks.
+    pub fn unix_warning(&self, compiled: &bridle_engine::Compiled) -> Option<String> {
+        let why = self.unix.unavailable()?;
+        let concerned =
+            !compiled.unix.is_empty() || compiled.default == bridle_engine::Effect::Refuse;
+        concerned.then(|| unix::not_enforced(why))
     }
 
     /// Attaches the socket programs at `cgroup`, covering it and every descendant. The links
@@ -159,6 +201,14 @@ impl Enforcer {
         let mut links = attach_sock_addr(&mut self.objects, &CONNECT_PROGRAMS, &dir, cgroup)?;
         links.extend(net::attach(&mut self.objects, &dir, cgroup)?);
         links.extend(dns::attach(&mut self.objects, &dir, cgroup)?);
+        if let Some(hooks) = self.unix.hooks() {
+            let attached = hooks.attach(&dir, cgroup)?;
+            links.extend(
+                attached
+                    .into_iter()
+                    .map(|(name, id)| CgroupLink::Unix(name, id)),
+            );
+        }
         Ok(links)
     }
 
@@ -218,6 +268,16 @@ impl Enforcer {
                     .with_context(|| format!("writing IPv6 entry {addr:?}/{prefix}"))?;
             }
         }
+        // Pins adopted from a bridle that predates unix enforcement have no such map; the
+        // unix rules are then reported as not enforced (Enforcer::unix_warning).
+        if !entries.unix.is_empty() && self.objects.map(unix::MAP).is_some() {
+            let mut unix: HashMap<&mut MapData, UnixKey, Decision> =
+                map(&mut self.objects, unix::MAP)?;
+            for (key, decision) in &entries.unix {
+                unix.insert(key, decision, 0)
+                    .with_context(|| format!("writing unix-socket entry {key:?}"))?;
+            }
+        }
         let mut workloads: HashMap<&mut MapData, u64, Workload> =
             map(&mut self.objects, "WORKLOADS")?;
         workloads
@@ -272,16 +332,33 @@ impl Enforcer {
                 }
             }
         }
-        let mut net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
-            map(&mut self.objects, "NET6_RULES")?;
-        let stale: Vec<Key<Net6Key>> = net6
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !active.contains(&u64::from_ne_bytes(k.data().slot)))
-            .collect();
-        for key in stale {
-            if net6.remove(&key).is_ok() {
-                removed += 1;
+        {
+            let mut net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
+                map(&mut self.objects, "NET6_RULES")?;
+            let stale: Vec<Key<Net6Key>> = net6
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !active.contains(&u64::from_ne_bytes(k.data().slot)))
+                .collect();
+            for key in stale {
+                if net6.remove(&key).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        // Pins adopted from a daemon that predates unix enforcement have no such map.
+        if self.objects.map(unix::MAP).is_some() {
+            let mut unix: HashMap<&mut MapData, UnixKey, Decision> =
+                map(&mut self.objects, unix::MAP)?;
+            let stale: Vec<UnixKey> = unix
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !active.contains(&k.slot))
+                .collect();
+            for key in stale {
+                if unix.remove(&key).is_ok() {
+                    removed += 1;
+                }
             }
         }
         Ok(removed)
@@ -380,6 +457,8 @@ pub enum CgroupLink {
     SockAddr(&'static str, CgroupSockAddrLinkId),
     /// A sock program's link.
     Sock(&'static str, aya::programs::cgroup_sock::CgroupSockLinkId),
+    /// A unix-socket program's link (held by [`unix::UnixHooks`] until pinned).
+    Unix(&'static str, u64),
 }
 
 fn program<'a, T, S>(source: &'a mut S, name: &str) -> Result<&'a mut T>

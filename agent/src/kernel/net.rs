@@ -1,5 +1,5 @@
-//! The network hooks beyond connect4/connect6: UDP sendmsg and raw-socket creation, and what
-//! this build cannot hook (unix sockets).
+//! The network hooks beyond connect4/connect6: UDP sendmsg and raw-socket creation. (The
+//! unix-socket hooks, which aya cannot load, are in [`super::unix`].)
 //!
 //! Kept apart from the loader in `mod.rs` so that each family of hooks is loaded, attached
 //! and described in one place.
@@ -19,12 +19,6 @@ use super::{program, CgroupLink, Programs};
 pub(super) const SENDMSG_PROGRAMS: [&str; 2] = ["sendmsg4", "sendmsg6"];
 /// The sock program judging socket creation.
 pub(super) const SOCK_CREATE: &str = "sock_create";
-
-/// Why unix-socket rules are not enforced by this build. The kernel (6.7 and later) has
-/// `connect_unix` and `sendmsg_unix` cgroup hooks, but aya 0.14, the loader bridle is built
-/// with, knows neither attach type (its section parser and `CgroupSockAddrAttachType` stop at
-/// the inet ones), and pretending otherwise would claim enforcement bridle does not have.
-pub const UNIX_NOT_ENFORCED: &str = "unix-socket rules are not enforced: this build's eBPF loader (aya 0.14) cannot attach the kernel's connect_unix/sendmsg_unix hooks, so unix connects fall outside the policy";
 
 /// Loads the sendmsg and sock_create programs.
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<()> {

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! maps/<MAP>                 every map of the object
-//! programs/<program>         the programs a new cgroup attachment needs
+//! programs/<program>         the programs a new cgroup attachment needs (the unix-socket
+//!                            programs too, where the kernel has their hooks)
 //! links/exec_guard           the kill-on-exec hook
 //! links/exec_lsm             the BPF LSM exec hook, on that tier
 //! links/task_*               the task trackers, on the fanotify tier
@@ -13,11 +14,13 @@
 //! ```
 
 use super::{
+    bpf_sys,
     dns::RECVMSG_PROGRAMS,
     net::{SENDMSG_PROGRAMS, SOCK_CREATE},
     program,
     tier::{ExecTier, TierLink, LSM_PROGRAM, TASK_TRACKERS},
-    CgroupLink, Enforcer, Objects, MAP_NAMES,
+    unix::{self, UnixState},
+    CgroupLink, Enforcer, Objects, MAP_NAMES, OBJECT,
 };
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -30,6 +33,7 @@ use aya::{
 use std::{
     collections::BTreeMap,
     fs,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -101,6 +105,9 @@ impl Enforcer {
                 .pin(&path)
                 .with_context(|| format!("pinning program {name} at {}", path.display()))?;
         }
+        if let Some(hooks) = self.unix.hooks() {
+            hooks.pin(&dir.join("programs"))?;
+        }
         if let Some(id) = self.exec_link.take() {
             let prog: &mut RawTracePoint = program(&mut self.objects, "exec_guard")?;
             let link = prog.take_link(id).context("taking the exec hook's link")?;
@@ -139,6 +146,12 @@ impl Enforcer {
         let mut maps = BTreeMap::new();
         for name in MAP_NAMES {
             let path = dir.join("maps").join(name);
+            if name == unix::MAP && !path.exists() {
+                // Pinned by a bridle that predates unix enforcement: the map is created now
+                // (the unix programs are loaded against it below).
+                maps.insert(name.to_owned(), new_map(name, &path)?);
+                continue;
+            }
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             let map = Map::from_map_data(data).with_context(|| {
@@ -169,16 +182,42 @@ impl Enforcer {
         } else {
             ExecTier::Kill
         };
+        let objects = Objects {
+            ebpf: None,
+            maps,
+            programs,
+        };
+        let unix = adopt_unix(dir, &objects)?;
         Ok(Some(Enforcer {
-            objects: Objects {
-                ebpf: None,
-                maps,
-                programs,
-            },
+            objects,
             exec_link: None,
             tier_links: Vec::new(),
             exec_tier,
+            unix,
         }))
+    }
+
+    /// Attaches the unix-socket programs at a cgroup whose other links were pinned by a
+    /// bridle that predates them, and pins those links too. Nothing to do where they are
+    /// pinned already, or where this kernel has no unix hooks.
+    pub fn attach_missing_unix(&mut self, dir: &Path, cgroup: u64, path: &Path) -> Result<()> {
+        let target = cgroup_dir(dir, cgroup);
+        let missing = unix::PROGRAMS
+            .iter()
+            .any(|(name, _)| !target.join(name).exists());
+        let Some(hooks) = self.unix.hooks() else {
+            return Ok(());
+        };
+        if !missing {
+            return Ok(());
+        }
+        let cg = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let links = hooks
+            .attach(&cg, path)?
+            .into_iter()
+            .map(|(name, id)| CgroupLink::Unix(name, id))
+            .collect();
+        self.pin_cgroup_links(dir, cgroup, links)
     }
 
     /// Pins the links [`Enforcer::attach_cgroup`] made for `cgroup`, so they stay attached
@@ -204,6 +243,18 @@ impl Enforcer {
                             .with_context(|| format!("{name}'s link has no fd"))?,
                     )
                 }
+                CgroupLink::Unix(name, id) => {
+                    let fd = self
+                        .unix
+                        .hooks()
+                        .and_then(|h| h.take_link(id))
+                        .with_context(|| format!("{name}'s link is not held here"))?;
+                    let path = target.join(name);
+                    bpf_sys::obj_pin(fd.as_fd(), &path)
+                        .with_context(|| format!("pinning {name}'s link at {}", path.display()))?;
+                    // The pin holds the link now; this descriptor may close.
+                    continue;
+                }
                 CgroupLink::Sock(name, id) => {
                     let prog: &mut CgroupSock = program(&mut self.objects, name)?;
                     let link = prog
@@ -222,6 +273,32 @@ impl Enforcer {
         }
         Ok(())
     }
+}
+
+/// Creates map `name` as the object defines it, and pins it at `path`.
+fn new_map(name: &str, path: &Path) -> Result<Map> {
+    // Loading the object creates its maps (and loads no program); all but this one go again.
+    let mut fresh = aya::Ebpf::load(OBJECT).context("loading bridle's eBPF object")?;
+    let map = fresh
+        .take_map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
+    map.pin(path)
+        .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+    Ok(map)
+}
+
+/// The unix-socket programs of an adopted pin directory: those pinned there, else loaded now
+/// (a pin directory left by a bridle that predates them) and pinned, else why they cannot be.
+fn adopt_unix(dir: &Path, objects: &Objects) -> Result<UnixState> {
+    let programs = dir.join("programs");
+    if let Some(state) = UnixState::from_pins(&programs)? {
+        return Ok(state);
+    }
+    let mut state = UnixState::load(OBJECT, &|name| objects.map_fd(name));
+    if let Some(hooks) = state.hooks() {
+        hooks.pin(&programs)?;
+    }
+    Ok(state)
 }
 
 impl Objects {

@@ -239,6 +239,76 @@ impl Default for PortRules {
     }
 }
 
+/// Bytes of a unix socket address the hooks read: the size of `sun_path`.
+pub const UNIX_PATH_LEN: usize = 108;
+
+/// Bytes of a unix key's `name`: `sun_path` and four bytes that are always zero, so that a
+/// NUL-terminated copy of a pathname as long as `sun_path` fits, and a scan may look three
+/// bytes ahead of the last one.
+pub const UNIX_KEY_NAME_LEN: usize = UNIX_PATH_LEN + 4;
+
+/// Key of the unix-socket map: one socket address inside one policy slot, as the kernel hands
+/// it to the connect and sendmsg hooks.
+///
+/// A pathname (`/run/app.sock`) is its bytes up to the first NUL; an abstract name
+/// (`@name`) is a NUL byte followed by the name, every byte the caller passed counting (the
+/// kernel treats `@name` and `@name\0` as different sockets). Unused bytes are zero, so one
+/// exact hash lookup decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixKey {
+    /// The policy slot.
+    pub slot: u64,
+    /// Bytes of `name` in use.
+    pub len: u32,
+    /// Padding; always zero.
+    pub _pad: u32,
+    /// The address bytes, zero-filled.
+    pub name: [u8; UNIX_KEY_NAME_LEN],
+}
+
+impl UnixKey {
+    /// An all-zero key, the form the kernel fills in.
+    pub const fn zeroed() -> Self {
+        UnixKey {
+            slot: 0,
+            len: 0,
+            _pad: 0,
+            name: [0; UNIX_KEY_NAME_LEN],
+        }
+    }
+
+    /// The key of an address as policies write it: `/path` (a pathname) or `@name` (an
+    /// abstract name). `None` when it does not fit in `sun_path`.
+    pub fn from_address(slot: u64, address: &[u8]) -> Option<Self> {
+        let mut key = UnixKey::zeroed();
+        key.slot = slot;
+        let bytes: &[u8] = match address.split_first() {
+            Some((b'@', name)) => {
+                // The abstract namespace starts with a NUL byte where people write `@`.
+                if 1 + name.len() > UNIX_PATH_LEN {
+                    return None;
+                }
+                key.name[1..1 + name.len()].copy_from_slice(name);
+                key.len = 1 + name.len() as u32;
+                return Some(key);
+            }
+            _ => address,
+        };
+        if bytes.len() > UNIX_PATH_LEN || bytes.contains(&0) {
+            return None;
+        }
+        key.name[..bytes.len()].copy_from_slice(bytes);
+        key.len = bytes.len() as u32;
+        Some(key)
+    }
+
+    /// Whether this is an abstract name (`sun_path` starts with a NUL byte).
+    pub fn is_abstract(&self) -> bool {
+        self.len > 0 && self.name[0] == 0
+    }
+}
+
 /// Event kind: an exec judged by the exec hook.
 pub const EVENT_EXEC: u8 = 1;
 /// Event kind: an IPv4 connect (or UDP sendmsg).
@@ -252,11 +322,20 @@ pub const EVENT_SENDMSG6: u8 = 5;
 /// Event kind: a raw or packet socket being created; `port` carries the socket type and
 /// `addr[0..2]` the address family (native byte order).
 pub const EVENT_RAW_SOCKET: u8 = 6;
+/// Event kind: a connect of a unix socket; `path` carries the address bytes (see
+/// [`UnixKey::name`]) and `port` their length.
+pub const EVENT_CONNECT_UNIX: u8 = 7;
+/// Event kind: a unix datagram sent to an address given with the send; as
+/// [`EVENT_CONNECT_UNIX`].
+pub const EVENT_SENDMSG_UNIX: u8 = 8;
 
 /// Event flag: observe mode let through an operation that would have been refused.
 pub const EVENT_OBSERVED: u8 = 1;
 /// Event flag: the process was sent SIGKILL (kill-on-exec tier).
 pub const EVENT_KILLED: u8 = 2;
+/// Event flag: a unix pathname spelled non-canonically (relative, `//`, `.` or `..`
+/// components, a trailing `/`) that no entry names exactly, refused whatever the default.
+pub const EVENT_NONCANONICAL: u8 = 4;
 
 /// A decision the kernel took, sent to user space through the ring buffer.
 #[repr(C)]
@@ -362,6 +441,7 @@ mod user {
     unsafe impl aya::Pod for PortRules {}
     unsafe impl aya::Pod for DnsRedirect {}
     unsafe impl aya::Pod for DnsOrigin {}
+    unsafe impl aya::Pod for UnixKey {}
 }
 
 #[cfg(test)]
@@ -382,6 +462,7 @@ mod tests {
         assert_eq!(size_of::<Event>(), 104 + PATH_LEN);
         assert_eq!(size_of::<DnsRedirect>(), 24);
         assert_eq!(size_of::<DnsOrigin>(), 24);
+        assert_eq!(size_of::<UnixKey>(), 128);
     }
 
     #[test]
@@ -398,5 +479,21 @@ mod tests {
         let short = ExecPlace::new(7, 42, b"curl");
         assert_eq!(&short.name[..5], b"curl\0");
         assert!(short.name[4..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn unix_keys_encode_pathnames_and_abstract_names_as_the_kernel_reads_them() {
+        let k = UnixKey::from_address(9, b"/run/app.sock").expect("fits");
+        assert_eq!((k.slot, k.len), (9, 13));
+        assert_eq!(&k.name[..13], b"/run/app.sock");
+        assert!(k.name[13..].iter().all(|b| *b == 0));
+        assert!(!k.is_abstract());
+        let a = UnixKey::from_address(9, b"@bus").expect("fits");
+        assert_eq!(a.len, 4);
+        assert_eq!(&a.name[..5], b"\0bus\0");
+        assert!(a.is_abstract());
+        assert!(UnixKey::from_address(0, &[b'/'; UNIX_PATH_LEN]).is_some());
+        assert!(UnixKey::from_address(0, &[b'/'; UNIX_PATH_LEN + 1]).is_none());
+        assert!(UnixKey::from_address(0, b"/a\0b").is_none());
     }
 }
