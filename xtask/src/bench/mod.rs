@@ -8,7 +8,7 @@
 //! and `target/bench/report.csv`.
 //!
 //! Knobs (environment): `BRIDLE_BENCH_ROUNDS` (default 5, at least 5 for a published table)
-//! and `BRIDLE_BENCH_ONLY` (comma-separated sections: connect, exec, events, startup,
+//! and `BRIDLE_BENCH_ONLY` (comma-separated sections: connect, exec, events, startup, daemon,
 //! criterion) for working on one section.
 //!
 //! Everything the run creates (nftables table `bridle_bench`, cgroups, background processes,
@@ -17,6 +17,7 @@
 
 mod connect;
 mod criterion;
+mod daemon;
 mod events;
 mod exec;
 mod report;
@@ -57,7 +58,11 @@ impl Ctx {
     /// The same, with the exec tier forced (`--exec-tier TIER`).
     pub fn confined_on(&self, policy: &Path, tier: Option<&str>, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.arg("--state-dir").arg(&self.state).arg("run");
+        // Standalone: a daemon running on the host must not take the measured runs over.
+        c.arg("--state-dir")
+            .arg(&self.state)
+            .arg("run")
+            .arg("--standalone");
         if let Some(tier) = tier {
             c.args(["--exec-tier", tier]);
         }
@@ -158,12 +163,9 @@ pub fn run(bin: &Path) -> Result<()> {
     if wanted("criterion") {
         criterion::run(&mut report)?;
     }
-    report.note(
-        "reload",
-        "Reload latency of a 10,000-rule policy and daemon resident memory: not measured yet; \
-         the benchmark does not drive `bridle daemon` so far. `bridle run`'s start-up time and \
-         memory are above.",
-    );
+    if wanted("daemon") {
+        daemon::run(&ctx.bin, &ctx.scratch, ctx.rounds, &mut report)?;
+    }
     let md = report.markdown(started.elapsed());
     fs::write(out_dir.join("report.md"), &md)?;
     fs::write(out_dir.join("report.csv"), report.csv())?;
@@ -273,9 +275,16 @@ impl Drop for BenchCgroup {
     }
 }
 
-fn remove_cgroup(path: &Path) {
+/// Kills whatever is left in the cgroup at `path` and removes it.
+pub fn remove_cgroup(path: &Path) {
     if !path.exists() {
         return;
+    }
+    // Children first: a cgroup with children cannot be removed.
+    if let Ok(entries) = fs::read_dir(path) {
+        for child in entries.flatten().filter(|e| e.path().is_dir()) {
+            remove_cgroup(&child.path());
+        }
     }
     let _ = fs::write(path.join("cgroup.kill"), "1");
     for _ in 0..50 {
