@@ -734,6 +734,48 @@ connect = ["{}"]
 }
 
 #[test]
+fn a_cgroup_created_later_is_confined_without_waiting_for_a_scan() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("mkdir");
+    // A scan interval no test waits for: only the kernel's word can confine it in time.
+    let config = s.dir.path().join("bridle.toml");
+    let text = fs::read_to_string(&config).expect("config");
+    fs::write(
+        &config,
+        text.replace("scan_interval = \"100ms\"", "scan_interval = \"1h\""),
+    )
+    .expect("config");
+    s.start();
+    s.wait_workloads(0);
+    let cg = s.group.join("late");
+    fs::create_dir(&cg).expect("a new cgroup");
+    let start = Instant::now();
+    let confined = loop {
+        let status = s.bridle(&["status", "--json"]);
+        if status
+            .stdout
+            .contains(&format!("\"cgroup\": \"{}\"", cg.display()))
+        {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(confined, "not confined without a scan\n{}", s.log());
+    let marker = s.dir.path().join("marker");
+    assert_eq!(
+        s.in_workload("late", &format!("/usr/bin/touch {}", marker.display())),
+        s.refused(),
+        "{}",
+        s.log()
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
 fn a_reload_applies_every_policy_or_none() {
     require_root();
     let _k = kernel_lock();

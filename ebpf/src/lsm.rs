@@ -11,6 +11,7 @@
 //!   the child lands in (which `CLONE_INTO_CGROUP` chooses), and a process moved into or out
 //!   of a workload (a write to `cgroup.procs`) is recorded when it moves.
 
+use aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP;
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{lsm, map, raw_tracepoint},
@@ -18,11 +19,11 @@ use aya_ebpf::{
     programs::{LsmContext, RawTracePointContext},
 };
 use bridle_common::{
-    TaskWorkloads, EFFECT_PERMIT, EVENT_OBSERVED, MAX_CGROUP_DEPTH, STAT_JUDGED, STAT_REFUSED,
-    TASK_NESTING,
+    CgroupCreated, TaskWorkloads, EFFECT_PERMIT, EVENT_CGROUP_CREATED, EVENT_OBSERVED,
+    MAX_CGROUP_DEPTH, STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED, TASK_NESTING,
 };
 
-use crate::{count, emit_exec, judge_exec, ExecFile, WORKLOADS};
+use crate::{count, emit_exec, judge_exec, ExecFile, EVENTS, WORKLOADS};
 
 const EPERM: i32 = 1;
 
@@ -177,6 +178,36 @@ pub fn task_exit(_ctx: RawTracePointContext) -> i32 {
     let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     if pid == tgid {
         let _ = TASKS.remove(&tgid);
+    }
+    0
+}
+
+/// Tells the daemon a cgroup v2 cgroup was created (raw tracepoint `cgroup_mkdir`), waking it,
+/// so a cgroup a `[[confine]]` entry matches is confined within milliseconds rather than at
+/// the next scan.
+#[raw_tracepoint(tracepoint = "cgroup_mkdir")]
+pub fn cgroup_created(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct cgroup *cgrp, const char *path)
+    let cgrp: *const u8 = ctx.arg(0);
+    // SAFETY: `cgrp` comes from the tracepoint; the accessors only probe-read it.
+    if unsafe { bridle_cgroup_is_v2(cgrp) } == 0 {
+        return 0;
+    }
+    let mut chain = [0u64; MAX_CGROUP_DEPTH as usize];
+    // SAFETY: as above; `chain` has room for the whole walk.
+    if unsafe { bridle_cgroup_chain(cgrp, chain.as_mut_ptr()) } == 0 {
+        return 0;
+    }
+    let record = CgroupCreated {
+        kind: EVENT_CGROUP_CREATED,
+        _pad: [0; 7],
+        cgroup: chain[0],
+    };
+    if EVENTS
+        .output::<CgroupCreated>(&record, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
+        count(STAT_EVENTS_LOST);
     }
     0
 }

@@ -123,6 +123,28 @@ struct Judgement {
     decision: Decision,
 }
 
+/// Whether the current task is inside any workload (a walk up its cgroups, nothing more).
+#[inline(always)]
+pub(crate) fn in_a_workload() -> bool {
+    for level in 1..=MAX_CGROUP_DEPTH {
+        // SAFETY: a plain helper call.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            return false;
+        }
+        // SAFETY: a lookup; the value is not read.
+        if unsafe { WORKLOADS.get(&id) }.is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// How many nested workloads one operation is judged by; a task inside more is refused. Two
+/// cover what bridle makes (a `bridle run` inside a daemon's workload; a workload cannot load
+/// programs of its own to nest deeper), and the verifier's work grows with every level.
+const NESTING: usize = 2;
+
 #[inline(always)]
 fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -132,24 +154,55 @@ fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
         observe: false,
         decision: Decision::default(),
     };
+    // First the workloads among the task's ancestors (outermost first), then one decision per
+    // workload: the verifier walks the decisions (an address's port rules, say) once per
+    // workload rather than once per cgroup level, which keeps loading fast.
+    let mut ids = [0u64; NESTING];
+    let mut found = 0usize;
+    let mut too_deep = false;
     for level in 1..=MAX_CGROUP_DEPTH {
         // SAFETY: a plain helper call.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if id == 0 {
             break;
         }
+        // SAFETY: a lookup; the value is not read here.
+        if unsafe { WORKLOADS.get(&id) }.is_none() {
+            continue;
+        }
+        if found == NESTING {
+            too_deep = true;
+            break;
+        }
+        ids[found] = id;
+        found += 1;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if i >= found {
+            break;
+        }
         // SAFETY: values are written whole by user space and never mutated here.
-        let Some(w) = (unsafe { WORKLOADS.get(&id) }) else {
+        let Some(w) = (unsafe { WORKLOADS.get(id) }) else {
             continue;
         };
         let d = decide(w.slot, w, now);
         let refused_before = out.found && out.decision.effect != EFFECT_PERMIT;
         if !refused_before {
-            out.workload = id;
+            out.workload = *id;
             out.observe = w.flags & WORKLOAD_OBSERVE != 0;
             out.decision = d;
         }
         out.found = true;
+    }
+    if too_deep {
+        // Deeper nesting than the programs judge: refused, never let through unjudged.
+        out.decision = Decision {
+            effect: EFFECT_REFUSE,
+            code: code::NO_MATCHING_RULE,
+            rule: u32::MAX,
+            ..Decision::default()
+        };
+        out.observe = false;
     }
     out
 }
@@ -205,29 +258,35 @@ fn emit(j: &Judgement, kind: u8, flags: u8, fill: impl FnOnce(&mut Event)) {
 #[inline(always)]
 pub(crate) fn judge_exec(bprm: *const u8, file: &mut ExecFile) -> Judgement {
     // Outsiders pay one cgroup walk and nothing else.
-    let confined = judge(|_, _, _| Decision::default());
-    if !confined.found {
-        return confined;
+    if !in_a_workload() {
+        return Judgement {
+            found: false,
+            workload: 0,
+            observe: false,
+            decision: Decision::default(),
+        };
     }
     // SAFETY: `bprm` comes from the hook; the accessor only probe-reads it.
-    if unsafe { bridle_read_exec_file(bprm, file) } != 0 {
-        // Fail closed: a file that cannot be read is refused by every workload.
-        return judge(|_, _, _| Decision {
-            effect: EFFECT_REFUSE,
-            code: code::NO_MATCHING_RULE,
-            rule: u32::MAX,
-            ..Decision::default()
-        });
-    }
+    let unreadable = unsafe { bridle_read_exec_file(bprm, file) } != 0;
     let mut place = ExecPlaceKey {
         slot: 0,
         place: ExecPlace::zeroed(),
     };
     // A place that cannot be read leaves the identity alone to decide.
     // SAFETY: as above; `place.place` is zeroed, as the accessor expects.
-    let have_place = unsafe { bridle_read_exec_place(bprm, &mut place.place) } == 0;
+    let have_place = !unreadable && unsafe { bridle_read_exec_place(bprm, &mut place.place) } == 0;
     let (dev, ino, anonymous) = (file.dev, file.ino, file.nlink == 0);
+    // One judge for every case (each instance is code the verifier walks again).
     judge(|slot, w, now| {
+        if unreadable {
+            // Fail closed: a file that cannot be read is refused by every workload.
+            return Decision {
+                effect: EFFECT_REFUSE,
+                code: code::NO_MATCHING_RULE,
+                rule: u32::MAX,
+                ..Decision::default()
+            };
+        }
         let key = ExecKey { slot, dev, ino };
         // SAFETY: values are written whole by user space and never mutated here.
         let entry = unsafe { EXEC_RULES.get(&key) };

@@ -200,6 +200,7 @@ pub fn loaded_bridle_programs() -> Vec<String> {
                 "exec_lsm",
                 "task_fork",
                 "task_attach",
+                "cgroup_created",
                 "task_exit",
                 "connect4",
                 "connect6",

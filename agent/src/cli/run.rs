@@ -18,7 +18,7 @@ use crate::{
     kernel::{
         entries,
         events::{Decided, Operation},
-        tier::{self, ExecTier},
+        tier::ExecTier,
         Enforcer,
     },
 };
@@ -171,7 +171,7 @@ fn confine_and_wait(
         );
     }
     let mut enforcer = Enforcer::load()?;
-    let probe = tier::probe();
+    let probe = enforcer.probe_tiers();
     let tier = probe.choose(args.exec_tier)?;
     enforcer.enable_exec_tier(tier)?;
     // One workload, one policy for its whole life: its cgroup id serves as its slot too.

@@ -19,7 +19,7 @@ use crate::{
         entries::{self, KernelEntries},
         events::Decided,
         net, pins,
-        tier::{self, ExecTier},
+        tier::ExecTier,
         unix, Enforcer,
     },
 };
@@ -156,6 +156,7 @@ const ASK_DEADLINE: Duration = Duration::from_millis(500);
 
 /// Runs `bridle daemon` until SIGTERM or SIGINT; enforcement stays pinned afterwards.
 pub fn run(args: DaemonArgs) -> Result<ExitCode> {
+    let started_at = Instant::now();
     init_logging(args.log_format);
     if !nix::unistd::geteuid().is_root() {
         bail!("bridle daemon needs root: it loads eBPF programs and confines cgroups");
@@ -169,12 +170,21 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         Some(e) => (e, true),
         None => {
             let mut e = Enforcer::load()?;
-            let probe = tier::probe();
+            tracing::debug!(ms = started_at.elapsed().as_millis(), "programs loaded");
+            let probe = e.probe_tiers();
+            tracing::debug!(ms = started_at.elapsed().as_millis(), "exec tiers probed");
             for (t, why) in &probe.unavailable {
                 info!(tier = %t, "exec tier {t} unavailable: {why}");
             }
             e.enable_exec_tier(probe.choose(config.exec_tier)?)?;
+            if let Err(err) = e.watch_cgroups() {
+                warn!("new cgroups are found by the scan only (every scan_interval): {err:#}");
+            }
             e.pin(&args.pin_dir)?;
+            tracing::debug!(
+                ms = started_at.elapsed().as_millis(),
+                "tier loaded and pinned"
+            );
             (e, false)
         }
     };
@@ -253,10 +263,15 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     crate::os::on_stop_signals(on_signal)?;
     let (requests_tx, requests) = mpsc::channel();
     let server = control::Server::start(&args.socket, requests_tx, daemon.followers.clone())?;
+    tracing::debug!(ms = started_at.elapsed().as_millis(), "ready to confine");
     daemon.reconcile();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     daemon.notify_status();
-    info!("enforcing: {} workload(s) confined", daemon.workloads.len());
+    info!(
+        ready_ms = started_at.elapsed().as_millis(),
+        "enforcing: {} workload(s) confined",
+        daemon.workloads.len()
+    );
 
     let watchdog = sd_notify::watchdog_enabled();
     if let Some(every) = watchdog {
@@ -271,7 +286,12 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             Duration::from_millis(50),
         );
         let mut recorded = false;
+        let mut created = false;
         while let Some(item) = events.next() {
+            if item.first() == Some(&bridle_common::EVENT_CGROUP_CREATED) {
+                created = true;
+                continue;
+            }
             daemon.record(&item);
             // In the file before the item leaves the pinned ring buffer (when it is dropped):
             // a daemon killed at any moment loses no decision.
@@ -316,7 +336,8 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             }
         }
         let now = Instant::now();
-        if now >= next_scan {
+        // A new cgroup is looked at as soon as the kernel says it exists.
+        if created || now >= next_scan {
             daemon.reconcile();
             next_scan = now + daemon.config.scan_interval;
         }

@@ -6,11 +6,11 @@
 //! - **fanotify**: a `FAN_CLASS_CONTENT` group accepts a `FAN_OPEN_EXEC_PERM` mark.
 //! - **kill**: the `sched_process_exec` raw tracepoint, always loaded as the backstop.
 
-use super::{program, Enforcer, OBJECT};
+use super::{program, Enforcer};
 use anyhow::{bail, Context, Result};
 use aya::{
     programs::{Lsm, RawTracePoint},
-    Btf, Ebpf,
+    Btf,
 };
 use std::{
     fmt,
@@ -83,46 +83,48 @@ impl Probe {
     }
 }
 
-/// Probes the kernel. Loading is real: the LSM program is loaded (and dropped again), and a
-/// fanotify group is created with an exec permission mark on a private file.
-pub fn probe() -> Probe {
-    let mut unavailable = Vec::new();
-    match probe_lsm() {
-        Ok(()) => {
-            return Probe {
-                best: ExecTier::Lsm,
+impl Enforcer {
+    /// Probes the kernel. Loading is real: the LSM program is loaded from this object (and
+    /// left loaded, unattached, for [`Enforcer::enable_exec_tier`]), and a fanotify group is
+    /// created with an exec permission mark on a private file.
+    pub fn probe_tiers(&mut self) -> Probe {
+        let mut unavailable = Vec::new();
+        match self.probe_lsm() {
+            Ok(()) => {
+                return Probe {
+                    best: ExecTier::Lsm,
+                    unavailable,
+                }
+            }
+            Err(err) => unavailable.push((ExecTier::Lsm, format!("{err:#}"))),
+        }
+        match probe_fanotify() {
+            Ok(()) => Probe {
+                best: ExecTier::Fanotify,
                 unavailable,
+            },
+            Err(err) => {
+                unavailable.push((ExecTier::Fanotify, format!("{err:#}")));
+                Probe {
+                    best: ExecTier::Kill,
+                    unavailable,
+                }
             }
         }
-        Err(err) => unavailable.push((ExecTier::Lsm, format!("{err:#}"))),
     }
-    match probe_fanotify() {
-        Ok(()) => Probe {
-            best: ExecTier::Fanotify,
-            unavailable,
-        },
-        Err(err) => {
-            unavailable.push((ExecTier::Fanotify, format!("{err:#}")));
-            Probe {
-                best: ExecTier::Kill,
-                unavailable,
-            }
-        }
-    }
-}
 
-fn probe_lsm() -> Result<()> {
-    let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
-    let mut ebpf = Ebpf::load(OBJECT).context("loading bridle's eBPF object")?;
-    let prog: &mut Lsm = program(&mut ebpf, LSM_PROGRAM)?;
-    prog.load("bprm_check_security", &btf)
-        .context("the kernel refused the BPF LSM program")?;
-    // Loaded is not running: the hook only runs when bpf is an active LSM.
-    let list = active_lsms()?;
-    if !list.split(',').any(|l| l.trim() == "bpf") {
-        bail!("bpf is not an active LSM (active: {})", list.trim());
+    fn probe_lsm(&mut self) -> Result<()> {
+        let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
+        let prog: &mut Lsm = program(&mut self.objects, LSM_PROGRAM)?;
+        prog.load("bprm_check_security", &btf)
+            .context("the kernel refused the BPF LSM program")?;
+        // Loaded is not running: the hook only runs when bpf is an active LSM.
+        let list = active_lsms()?;
+        if !list.split(',').any(|l| l.trim() == "bpf") {
+            bail!("bpf is not an active LSM (active: {})", list.trim());
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The active LSM list, mounting securityfs first if it is not mounted.
@@ -179,6 +181,9 @@ pub const TASK_TRACKERS: [(&str, &str); 3] = [
     ("task_exit", "sched_process_exit"),
 ];
 
+/// The cgroup creation watch and its tracepoint (the first names its pinned link).
+pub const CGROUP_WATCH: (&str, &str) = ("cgroup_created", "cgroup_mkdir");
+
 /// A link one exec tier attached, until it is pinned (or dropped with the `Enforcer`).
 #[derive(Debug)]
 pub enum TierLink {
@@ -198,10 +203,13 @@ impl Enforcer {
         match tier {
             ExecTier::Kill => {}
             ExecTier::Lsm => {
-                let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
                 let prog: &mut Lsm = program(&mut self.objects, LSM_PROGRAM)?;
-                prog.load("bprm_check_security", &btf)
-                    .context("loading the BPF LSM exec hook")?;
+                // The probe loaded it already, unless the caller skipped the probe.
+                if prog.fd().is_err() {
+                    let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
+                    prog.load("bprm_check_security", &btf)
+                        .context("loading the BPF LSM exec hook")?;
+                }
                 let id = prog.attach().context("attaching the BPF LSM exec hook")?;
                 self.tier_links.push(TierLink::Lsm(id));
             }
@@ -224,6 +232,18 @@ impl Enforcer {
     /// The exec tier whose programs are in place (for adopted pins: the one pinned).
     pub fn exec_tier(&self) -> ExecTier {
         self.exec_tier
+    }
+
+    /// Loads and attaches the cgroup creation watch (`cgroup_mkdir`), which wakes the event
+    /// reader with the new cgroup's id; pinned with the tier's links.
+    pub fn watch_cgroups(&mut self) -> Result<()> {
+        let prog: &mut RawTracePoint = program(&mut self.objects, CGROUP_WATCH.0)?;
+        prog.load().context("loading the cgroup creation watch")?;
+        let id = prog.attach(CGROUP_WATCH.1).with_context(|| {
+            format!("attaching the cgroup creation watch to {}", CGROUP_WATCH.1)
+        })?;
+        self.tier_links.push(TierLink::Tracker(CGROUP_WATCH.0, id));
+        Ok(())
     }
 }
 

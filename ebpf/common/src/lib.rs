@@ -329,6 +329,22 @@ pub const EVENT_CONNECT_UNIX: u8 = 7;
 /// [`EVENT_CONNECT_UNIX`].
 pub const EVENT_SENDMSG_UNIX: u8 = 8;
 
+/// Event kind: a cgroup v2 cgroup was created ([`CgroupCreated`], not an [`Event`]); the
+/// daemon looks at once whether a `[[confine]]` entry matches it.
+pub const EVENT_CGROUP_CREATED: u8 = 9;
+
+/// The record of [`EVENT_CGROUP_CREATED`]: like every record, its first byte is the kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCreated {
+    /// [`EVENT_CGROUP_CREATED`].
+    pub kind: u8,
+    /// Padding; always zero.
+    pub _pad: [u8; 7],
+    /// The new cgroup's id.
+    pub cgroup: u64,
+}
+
 /// Event flag: observe mode let through an operation that would have been refused.
 pub const EVENT_OBSERVED: u8 = 1;
 /// Event flag: the process was sent SIGKILL (kill-on-exec tier).
