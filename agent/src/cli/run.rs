@@ -412,25 +412,17 @@ fn start_resolver(
     workload: u64,
     reports: std::sync::mpsc::Sender<DnsReport>,
 ) -> Result<Resolver> {
-    let upstream = args.dns_upstream.unwrap_or_else(dns::system_upstream);
-    let permit_ids = compiled
-        .hosts
-        .iter()
-        .filter_map(|h| Some((h.rule.0, issuer.stamp(h.rule.0)?.0)))
-        .collect();
     let map = |name: &str| enforcer.map_fd(name).map(BpfMap::new);
     Resolver::start(DnsConfig {
-        upstream,
-        timeout: Duration::from_millis(args.dns_timeout),
-        ttl_min: Duration::from_secs(args.dns_ttl_min),
-        ttl_max: Duration::from_secs(args.dns_ttl_max),
-        observe,
+        settings: dns::Settings {
+            upstream: args.dns_upstream.unwrap_or_else(dns::system_upstream),
+            timeout: Duration::from_millis(args.dns_timeout),
+            ttl_min: Duration::from_secs(args.dns_ttl_min),
+            ttl_max: Duration::from_secs(args.dns_ttl_max),
+        },
         workload,
         // One workload, one policy: its cgroup id is its slot (see confine_and_wait).
-        slot: workload,
-        hosts: compiled.hosts.clone(),
-        codes: dns::rule_codes(compiled),
-        permit_ids,
+        view: dns::View::new(compiled, workload, observe, |rule| issuer.stamp(rule)),
         maps: [map("NET4_RULES")?, map("NET6_RULES")?, map("DNS_REDIRECT")?],
         reports,
     })
@@ -516,7 +508,7 @@ impl Reporter<'_> {
             eprintln!("{}", report.line(|_| rule.clone()));
         }
         let (effect, code) = match report.outcome {
-            dns::Outcome::Refused => (Effect::Refuse, Code::NameNotAllowed),
+            dns::Outcome::Refused | dns::Outcome::Quarantined => (Effect::Refuse, report.code()),
             dns::Outcome::Observed(_) => (Effect::Permit, Code::Observed),
             _ => (Effect::Permit, report.code()),
         };
