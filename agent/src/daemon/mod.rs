@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 mod quarantine;
 mod runtime;
+mod resolver;
 
 use crate::{
     cgroup,
@@ -148,6 +149,8 @@ struct Daemon {
     ask_table: AskTable,
     /// Confinements asked for at run time, and configured ones released.
     runtime: Runtime,
+    /// The DNS resolvers of workloads whose policies have host rules.
+    resolvers: resolver::Resolvers,
 }
 
 /// Longest an exec of a workload waits for the engine on the fanotify tier before the fail
@@ -249,6 +252,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         ask,
         ask_table,
         runtime,
+        resolvers: resolver::Resolvers::new(),
     };
     crate::os::on_stop_signals(on_signal)?;
     let (requests_tx, requests) = mpsc::channel();
@@ -286,6 +290,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             daemon.record_ask(decision);
             recorded = true;
         }
+        recorded |= daemon.record_dns();
         // Each batch reaches the disk before the next wait: a daemon killed afterwards loses
         // nothing it had drained (what it had not drained stays in the pinned ring buffer, and
         // an exec refusal is answered only once its record is written).
@@ -321,6 +326,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             next_scan = now + daemon.config.scan_interval;
         }
         daemon.renew_due(now);
+        daemon.sweep_resolvers(now);
         if let Some(every) = watchdog_every {
             if now >= next_ping {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -335,6 +341,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     while let Some(decision) = ask_decisions.try_recv() {
         daemon.record_ask(decision);
     }
+    daemon.stop_resolvers();
     drop(server);
     daemon.audit.close().context("closing the audit trail")?;
     Ok(ExitCode::SUCCESS)
@@ -474,12 +481,11 @@ impl Daemon {
             cgroup_id: id,
             cgroup_path: path.display().to_string(),
         };
-        issuer.issue(
-            &prepared.policy,
-            &prepared.compiled,
-            &subject,
-            entries.rules(),
-        )?;
+        // Host rules have no entries until a name is answered, but the entries the resolver
+        // installs then carry their permits' ids: issue those permits now.
+        let mut rules = entries.rules();
+        rules.extend(prepared.compiled.hosts.iter().map(|h| h.rule.0));
+        issuer.issue(&prepared.policy, &prepared.compiled, &subject, rules)?;
         entries.stamp(|rule| issuer.stamp(rule));
         let default = if prepared.compiled.default == Effect::Permit {
             EFFECT_PERMIT
@@ -502,7 +508,8 @@ impl Daemon {
             ..Workload::default()
         };
         net::set_raw(&mut config, &prepared.compiled);
-        self.enforcer.install(id, config, &entries)?;
+        self.enforcer.write_entries(slot, &entries)?;
+        self.switch_slot(id, config, &prepared.compiled, &issuer)?;
         Ok((entries, config, issuer))
     }
 
@@ -588,6 +595,7 @@ impl Daemon {
             },
         );
         self.sync_ask(id);
+        self.sync_resolver(id);
         if self.ask.is_some() {
             // Processes already in the cgroup: from now on their execs are asked too (those
             // that fork or move in later are recorded by the kernel).
@@ -713,6 +721,7 @@ impl Daemon {
     }
 
     fn release(&mut self, id: u64) {
+        self.stop_resolver(id);
         self.ask_table
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -811,6 +820,7 @@ impl Daemon {
                 }
             }
             self.sync_ask(id);
+            self.sync_resolver(id);
         }
         self.collect();
         self.reconcile();
@@ -834,6 +844,7 @@ impl Daemon {
                 let ttl = w.issuer.ttl();
                 w.entries.stamp(|rule| w.issuer.stamp(rule));
                 self.enforcer.install(id, w.config, &w.entries)?;
+                self.resolvers.restamp(id, |rule| w.issuer.stamp(rule));
                 w.next_renewal = now + (ttl / 2).max(Duration::from_secs(1));
                 Ok(())
             })();
@@ -957,6 +968,7 @@ impl Daemon {
         w.quarantined = Some(action);
         let path = w.path.display().to_string();
         self.sync_ask(id);
+        self.sync_resolver(id);
         match &outcome {
             Ok(()) => {
                 warn!(cgroup = %path, action = action.as_str(), "quarantined: {}", verdict.reason)
@@ -996,6 +1008,7 @@ impl Daemon {
             w.quarantined = None;
         }
         self.sync_ask(id);
+        self.sync_resolver(id);
         info!(cgroup = %shown, action = action.as_str(), "quarantine lifted");
         self.collect();
         self.notify_status();
@@ -1124,6 +1137,7 @@ impl Daemon {
             w.ask_engine = p.ask_engine;
         }
         self.sync_ask(id);
+        self.sync_resolver(id);
         Ok(())
     }
 
@@ -1250,6 +1264,7 @@ impl Daemon {
                     "address_entries": w.entries.net4.len() + w.entries.net6.len(),
                     "permits": w.entries.rules().len(),
                     "quarantined": w.quarantined.map(QuarantineAction::as_str),
+                    "resolver": self.resolver_status(*id),
                 })
             })
             .collect();
@@ -1273,6 +1288,7 @@ impl Daemon {
                 "connect": "cgroup connect4/connect6, sendmsg4/sendmsg6",
                 "raw_sockets": "cgroup sock_create",
                 "unix_sockets": net::UNIX_NOT_ENFORCED,
+                "host_names": "a DNS resolver per workload with host rules (its DNS traffic redirected by connect4/6 and sendmsg4/6, replies by recvmsg4/6): refused names get REFUSED, answered addresses become TTL-bound entries before the answer",
             },
             "workloads": workloads,
             "events": {"judged": stats.judged, "refused": stats.refused, "lost": stats.events_lost},
