@@ -1,10 +1,11 @@
 //! `bridle daemon` against the real kernel: pinned enforcement that outlives the daemon,
-//! adoption on restart, all-or-nothing reloads, the control socket, the notify protocol and
-//! the shipped systemd unit.
+//! adoption on restart, all-or-nothing reloads, the control socket, the notify protocol, the
+//! shipped systemd unit, and host names decided by the daemon's resolver (against a real
+//! dnsmasq on loopback).
 
 use bridle_tests::{
     bridle_bin, cgroup2_root, finish, kernel_lock, loaded_bridle_programs, require_root,
-    workspace_root, Finished,
+    workspace_root, Dnsmasq, Finished,
 };
 use std::{
     collections::BTreeMap,
@@ -159,6 +160,41 @@ impl Setup {
             cg.display()
         ));
         finish(cmd, DEADLINE).code
+    }
+
+    /// Runs `script` in workload cgroup `name` (created if needed) with `$PROBE` set to the
+    /// probe binary, and returns what it printed.
+    fn run_in(&self, name: &str, script: &str) -> Finished {
+        let cg = self.group.join(name);
+        fs::create_dir_all(&cg).expect("workload cgroup");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && {script}",
+                cg.display()
+            ))
+            .env("PROBE", probe());
+        finish(cmd, DEADLINE)
+    }
+
+    /// Adds `text` (TOML) to the daemon's configuration file.
+    fn configure(&self, text: &str) {
+        let path = self.dir.path().join("bridle.toml");
+        let mut config = fs::read_to_string(&path).expect("config");
+        config.push_str(text);
+        fs::write(&path, config).expect("config");
+    }
+
+    /// Replaces the workloads' policy.
+    fn write_policy(&self, text: &str) {
+        fs::write(self.dir.path().join("policies/p.toml"), text).expect("policy");
+    }
+
+    /// `bridle status --json`, parsed.
+    fn status_json(&self) -> serde_json::Value {
+        let status = self.bridle(&["status", "--json"]);
+        assert_eq!(status.code, 0, "{}", status.stderr);
+        serde_json::from_str(&status.stdout).expect("status JSON")
     }
 
     /// The exec tier the running daemon reports.
@@ -1190,4 +1226,273 @@ fn the_shipped_unit_file_verifies() {
         f.stdout, f.stderr
     );
     assert!(!f.stderr.contains("bridle.service"), "{}", f.stderr);
+}
+
+fn probe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bridle-probe"))
+}
+
+const EPERM: i32 = 1;
+
+/// A policy permitting the shell and the probe, and connects to `connect` (host names among
+/// them), with `extra` TOML after its rules.
+fn dns_policy(connect: &[String], extra: &str) -> String {
+    let list = connect
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+name = "daemon-dns"
+default = "refuse"
+permit_ttl = "10m"
+
+[[rule]]
+name = "system"
+effect = "permit"
+exec = ["/usr/bin/*", "/bin/*", "{probe}"]
+
+[[rule]]
+name = "names"
+effect = "permit"
+connect = [{list}]
+{extra}
+"#,
+        probe = probe().display()
+    )
+}
+
+fn show(f: &Finished) -> String {
+    format!(
+        "exit {}\n--- stdout\n{}--- stderr\n{}",
+        f.code, f.stdout, f.stderr
+    )
+}
+
+/// Follows `bridle events --follow --json` for one workload on a thread; `lines` collects
+/// what it streamed so far. Killed by pid on drop.
+struct Follow {
+    child: Child,
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Follow {
+    fn start(s: &Setup, workload: &std::path::Path) -> Follow {
+        let mut cmd = Command::new(bridle_bin());
+        cmd.args(["events", "--follow", "--json", "--workload"])
+            .arg(workload)
+            .env("BRIDLE_SOCKET", s.socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("bridle events --follow");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Give the follower time to register.
+        std::thread::sleep(Duration::from_millis(500));
+        Follow {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a streamed line satisfies `wanted`.
+    fn wait(&mut self, wanted: impl Fn(&serde_json::Value) -> bool) -> bool {
+        let start = Instant::now();
+        let parsed = |l: &String| serde_json::from_str::<serde_json::Value>(l).ok();
+        while start.elapsed() < DEADLINE {
+            if self.seen.iter().filter_map(parsed).any(|v| wanted(&v)) {
+                return true;
+            }
+            if let Ok(line) = self.rx.recv_timeout(Duration::from_millis(200)) {
+                self.seen.push(line);
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of the child this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn host_names_are_decided_by_the_daemons_resolver_also_after_a_restart() {
+    require_root();
+    let _k = kernel_lock();
+    let dns = Dnsmasq::start(&[]);
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("listen");
+    let port = allowed.local_addr().expect("addr").port();
+    let other = std::net::TcpListener::bind(format!("127.0.0.3:{port}")).expect("listen");
+    let mut s = Setup::new("dns");
+    s.write_policy(&dns_policy(&[format!("allowed.test:{port}")], ""));
+    s.configure(&format!("\n[resolver]\nupstream = \"{}\"\n", dns.addr));
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.start();
+    s.wait_workloads(1);
+    let mut follow = Follow::start(&s, &cg);
+
+    let script = format!(
+        "\"$PROBE\" connect 127.0.0.2:{port}; \"$PROBE\" resolve-connect allowed.test {port}; \
+         \"$PROBE\" resolve other.test; \"$PROBE\" connect 127.0.0.3:{port}; true"
+    );
+    let f = s.run_in("agent", &script);
+    let ctx = format!("{}\n--- daemon\n{}", show(&f), s.log());
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.2:{port}: errno {EPERM}\n")),
+        "a connect to the allowed name's address before resolving it is refused\n{ctx}"
+    );
+    assert!(
+        f.stdout.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "the allowed name resolves and its address connects on the permitted port\n{ctx}"
+    );
+    assert!(
+        f.stdout.contains("resolve other.test: eai "),
+        "a name no rule allows does not resolve\n{ctx}"
+    );
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.3:{port}: errno {EPERM}")),
+        "{ctx}"
+    );
+    assert!(
+        follow.wait(|v| v["action"] == "resolve"
+            && v["code"] == "NAME_NOT_ALLOWED"
+            && v["effect"] == "refuse"
+            && v["object"] == "other.test A"),
+        "the refused name is streamed to followers: {:?}\n{ctx}",
+        follow.seen
+    );
+    assert!(
+        follow.wait(|v| v["action"] == "resolve"
+            && v["code"] == "PERMITTED"
+            && v["object"] == "allowed.test A = 127.0.0.2"
+            && v["rule"] == "names"
+            && v["permit_id"].is_u64()),
+        "the permitted name is streamed with its rule and permit: {:?}",
+        follow.seen
+    );
+    drop(follow);
+
+    // bridle status reports the resolver.
+    let status = s.status_json();
+    let r = &status["workloads"][0]["resolver"];
+    assert!(
+        r["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{status}"
+    );
+    assert_eq!(r["upstream"], dns.addr.to_string(), "{status}");
+    assert!(r["permitted"].as_u64() >= Some(1), "{status}");
+    assert!(r["refused"].as_u64() >= Some(1), "{status}");
+    assert!(r["addresses"].as_u64() >= Some(1), "{status}");
+    assert!(
+        status["tiers"]["host_names"]
+            .as_str()
+            .is_some_and(|t| t.contains("DNS resolver")),
+        "{status}"
+    );
+    let text = s.bridle(&["status"]);
+    assert!(
+        text.stdout.contains(&format!("-> upstream {}", dns.addr)),
+        "{}",
+        text.stdout
+    );
+
+    // A killed daemon: its redirect stays, nothing answers, no name resolves.
+    s.signal(libc::SIGKILL);
+    let f = s.run_in("agent", "\"$PROBE\" resolve allowed.test; true");
+    assert!(
+        f.stdout.contains("resolve allowed.test: eai "),
+        "with no daemon no name resolves\n{}",
+        show(&f)
+    );
+    // A restarted daemon adopts the pins and runs a new resolver for the workload.
+    s.start();
+    s.wait_workloads(1);
+    let f = s.run_in("agent", &script);
+    let ctx = format!("{}\n--- daemon\n{}", show(&f), s.log());
+    assert!(
+        f.stdout.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "host names work again after a restart\n{ctx}"
+    );
+    assert!(f.stdout.contains("resolve other.test: eai "), "{ctx}");
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.3:{port}: errno {EPERM}")),
+        "{ctx}"
+    );
+
+    // Every decision is in the audit trail, before and after the restart.
+    s.signal(libc::SIGTERM);
+    let export = s.bridle(&["audit", "export", "--format", "jsonl"]);
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    let records: Vec<serde_json::Value> = export
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let workload = cg.display().to_string();
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        records
+            .iter()
+            .filter(|v| v["workload"] == workload.as_str() && f(v))
+            .count()
+    };
+    assert!(
+        count(&|v| v["action"] == "resolve"
+            && v["code"] == "NAME_NOT_ALLOWED"
+            && v["effect"] == "refuse"
+            && v["object"] == "other.test A")
+            >= 2,
+        "the refused name is audited, before and after the restart\n{}",
+        export.stdout
+    );
+    assert!(
+        count(&|v| v["action"] == "resolve"
+            && v["code"] == "PERMITTED"
+            && v["object"] == "allowed.test A = 127.0.0.2"
+            && v["permit_id"].is_u64())
+            >= 2,
+        "{}",
+        export.stdout
+    );
+    assert_eq!(
+        count(&|v| v["action"] == "connect"
+            && v["effect"] == "refuse"
+            && v["object"] == format!("127.0.0.2:{port}").as_str()),
+        2,
+        "the direct connect before resolving is audited as refused, before and after the \
+         restart (a restarted daemon starts from a fresh slot: names are resolved again)\n{}",
+        export.stdout
+    );
+    let verify = s.bridle(&["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.stderr);
+
+    drop((s, allowed, other, dns));
+    wait_no_programs();
 }
