@@ -1496,3 +1496,174 @@ fn host_names_are_decided_by_the_daemons_resolver_also_after_a_restart() {
     drop((s, allowed, other, dns));
     wait_no_programs();
 }
+
+/// The workload's slot and its resolver's (`bridle status`), and the resolver entry.
+fn slots(s: &Setup) -> (String, serde_json::Value) {
+    let status = s.status_json();
+    let w = &status["workloads"][0];
+    (
+        w["slot"].as_str().unwrap_or_default().to_owned(),
+        w["resolver"].clone(),
+    )
+}
+
+#[test]
+fn the_resolver_follows_reloads_and_quarantine() {
+    require_root();
+    let _k = kernel_lock();
+    let dns = Dnsmasq::start(&[]);
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("listen");
+    let port = allowed.local_addr().expect("addr").port();
+    let other = std::net::TcpListener::bind(format!("127.0.0.3:{port}")).expect("listen");
+    let quarantine =
+        "\n[quarantine]\nafter_refusals = 3\nwithin = \"1m\"\naction = \"refuse-all\"\n";
+    let allow_allowed = dns_policy(&[format!("allowed.test:{port}")], quarantine);
+    let mut s = Setup::new("dnsreload");
+    s.write_policy(&allow_allowed);
+    // Long enough for the answers to outlive the reloads below.
+    s.configure(&format!(
+        "\n[resolver]\nupstream = \"{}\"\nttl_min = \"5m\"\n",
+        dns.addr
+    ));
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.start();
+    s.wait_workloads(1);
+    let connect_allowed = format!("\"$PROBE\" connect 127.0.0.2:{port}");
+    let resolve_allowed = format!("\"$PROBE\" resolve-connect allowed.test {port}");
+
+    let f = s.run_in("agent", &resolve_allowed);
+    assert_eq!(f.code, 0, "{}\n{}", show(&f), s.log());
+    let (before, resolver) = slots(&s);
+    assert_eq!(resolver["slot"].as_str(), Some(before.as_str()));
+
+    // A reload installs a fresh slot; the resolver moves with the workload, and the address
+    // it answered stays reachable without resolving it again.
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let (after, resolver) = slots(&s);
+    assert_ne!(after, before, "a reload installs a new slot");
+    assert_eq!(
+        resolver["slot"].as_str(),
+        Some(after.as_str()),
+        "the resolver writes under the workload's current slot"
+    );
+    let f = s.run_in("agent", &connect_allowed);
+    assert!(
+        f.stdout.contains(&format!("connect 127.0.0.2:{port}: ok")),
+        "an answered address is carried to the new slot\n{}\n{}",
+        show(&f),
+        s.log()
+    );
+
+    // A policy that no longer allows the name: its address goes, the name is refused, and
+    // the name it allows now resolves, with the new policy's permits.
+    s.write_policy(&dns_policy(&[format!("other.test:{port}")], quarantine));
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let f = s.run_in(
+        "agent",
+        &format!(
+            "{connect_allowed}; \"$PROBE\" resolve allowed.test; \
+             \"$PROBE\" resolve-connect other.test {port}; true"
+        ),
+    );
+    let ctx = format!("{}\n--- daemon\n{}", show(&f), s.log());
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.2:{port}: errno {EPERM}")),
+        "an address whose name the new policy refuses is not carried over\n{ctx}"
+    );
+    assert!(f.stdout.contains("resolve allowed.test: eai "), "{ctx}");
+    assert!(
+        f.stdout
+            .contains(&format!("resolve-connect other.test: ok 127.0.0.3:{port}")),
+        "{ctx}"
+    );
+
+    // Back to the first policy, then a refuse-all quarantine: every name is refused, and no
+    // address answered before stays reachable.
+    s.write_policy(&allow_allowed);
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let go = s.dir.path().join("go");
+    let mut waiting = Command::new("/bin/sh");
+    waiting
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && \"$PROBE\" resolve-connect allowed.test {port} && \
+             exec \"$PROBE\" resolve-connect-after {} allowed.test {port}",
+            cg.display(),
+            go.display()
+        ))
+        .env("PROBE", probe())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let waiting = waiting
+        .spawn()
+        .expect("a process that resolves once quarantined");
+    let f = s.run_in(
+        "agent",
+        &format!("for i in 1 2 3; do \"$PROBE\" connect 127.0.0.9:{port}; done; true"),
+    );
+    assert_eq!(f.code, 0, "{}", show(&f));
+    wait_quarantined(&s, &cg, Some("refuse-all"));
+    let (_, resolver) = slots(&s);
+    assert_eq!(resolver["refusing_all"], true, "{resolver}");
+    fs::write(&go, "").expect("go");
+    let out = waiting.wait_with_output().expect("the waiting probe ends");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "resolved before the quarantine: {out}"
+    );
+    assert!(
+        out.contains("resolve-connect allowed.test: eai "),
+        "a refuse-all quarantine refuses every name: {out}\n{}",
+        s.log()
+    );
+    let lift = s.bridle(&["release", "--quarantine", &cg.display().to_string()]);
+    assert_eq!(lift.code, 0, "{}", lift.stderr);
+    wait_quarantined(&s, &cg, None);
+    let f = s.run_in("agent", &resolve_allowed);
+    assert_eq!(
+        f.code,
+        0,
+        "names resolve again once the quarantine is lifted\n{}\n{}",
+        show(&f),
+        s.log()
+    );
+
+    // A policy without host rules: the resolver stops, and DNS meets the connect rules.
+    s.write_policy(&dns_policy(&["127.0.0.9:1".to_owned()], ""));
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let (_, resolver) = slots(&s);
+    assert!(resolver.is_null(), "{resolver}");
+    let f = s.run_in("agent", "\"$PROBE\" resolve allowed.test; true");
+    assert!(
+        f.stdout.contains("resolve allowed.test: eai "),
+        "{}",
+        show(&f)
+    );
+
+    s.signal(libc::SIGTERM);
+    let export = s.bridle(&["audit", "export", "--format", "jsonl"]);
+    let quarantined = export
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["action"] == "resolve" && v["code"] == "QUARANTINED" && v["effect"] == "refuse"
+        })
+        .count();
+    assert!(
+        quarantined >= 1,
+        "names refused in quarantine are audited\n{}",
+        export.stdout
+    );
+    drop((s, allowed, other, dns));
+    wait_no_programs();
+}

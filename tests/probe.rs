@@ -61,13 +61,17 @@ fn main() {
         [cmd, path] if cmd == "setns" => report(cmd, path, enter_ns(path)),
         [cmd, name] if cmd == "resolve" => resolve_report(name, None),
         [cmd, name, port] if cmd == "resolve-connect" => resolve_report(name, Some(port)),
+        [cmd, file, name, port] if cmd == "resolve-connect-after" => {
+            resolve_after(file, name, port)
+        }
         _ => {
             eprintln!(
                 "usage: bridle-probe connect ADDR | connect-loop ADDR N | exec HOW FILE ARGS... \
                  | udp-send ADDR | tfo ADDR | uring-connect ADDR | raw-socket | packet-socket \
                  | unix-connect PATH | unix-send PATH | udp-loop ADDR N | udp-rate ADDR RATE MILLIS \
                  | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE \
-                 | resolve NAME | resolve-connect NAME PORT | bpf-ids | ptrace PID | setns PATH"
+                 | resolve NAME | resolve-connect NAME PORT | resolve-connect-after FILE NAME PORT \
+                 | bpf-ids | ptrace PID | setns PATH"
             );
             2
         }
@@ -654,6 +658,20 @@ fn resolve_report(name: &str, port: Option<&String>) -> i32 {
             1
         }
     }
+}
+
+/// Waits (up to a minute) until `file` exists, then does `resolve-connect NAME PORT`: a
+/// process already running when its workload is quarantined, which may exec nothing after.
+fn resolve_after(file: &str, name: &str, port: &String) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(file).exists() {
+        if Instant::now() > deadline {
+            println!("resolve-connect-after {file}: never appeared");
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    resolve_report(name, Some(port))
 }
 
 /// Asks the kernel for the first loaded BPF program's id: what a tool that wants to detach
