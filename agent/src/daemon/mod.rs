@@ -1262,7 +1262,7 @@ impl Daemon {
                     "slot": format!("{:016x}", w.config.slot),
                     "exec_entries": w.entries.exec.len(),
                     "address_entries": w.entries.net4.len() + w.entries.net6.len(),
-                    "permits": w.entries.rules().len(),
+                    "permits": w.issuer.issued(),
                     "quarantined": w.quarantined.map(QuarantineAction::as_str),
                     "resolver": self.resolver_status(*id),
                 })

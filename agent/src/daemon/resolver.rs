@@ -282,6 +282,7 @@ impl Daemon {
             let settings = r.settings();
             return json!({
                 "address": r.address().to_string(),
+                "slot": format!("{:016x}", r.slot()),
                 "upstream": settings.upstream.to_string(),
                 "timeout_ms": settings.timeout.as_millis() as u64,
                 "ttl_min_s": settings.ttl_min.as_secs(),
