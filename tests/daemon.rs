@@ -1394,6 +1394,13 @@ fn host_names_are_decided_by_the_daemons_resolver_also_after_a_restart() {
         follow.seen
     );
     drop(follow);
+    assert!(
+        s.log().contains(&format!(
+            "refused connect 127.0.0.2:{port} (NO_MATCHING_RULE; not an address of an allowed name)"
+        )),
+        "the log says why the direct connect was refused\n{}",
+        s.log()
+    );
 
     // bridle status reports the resolver.
     let status = s.status_json();

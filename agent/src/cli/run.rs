@@ -17,7 +17,7 @@ use crate::{
     issuer::Issuer,
     kernel::{
         entries,
-        events::{Decided, Operation},
+        events::Decided,
         tier::{self, ExecTier},
         Enforcer,
     },
@@ -481,22 +481,6 @@ impl Reporter<'_> {
         Ok(())
     }
 
-    /// Whether a refused connect or send fell to the default in a policy that has host rules:
-    /// the address was not obtained through an allowed name (or its answer expired).
-    fn unnamed_address(&self, decided: &Decided) -> bool {
-        !decided.permitted
-            && matches!(
-                decided.operation,
-                Operation::Connect(_) | Operation::Send(_)
-            )
-            && decided.code == Some(Code::NoMatchingRule)
-            && self
-                .compiled
-                .hosts
-                .iter()
-                .any(|h| h.effect == Effect::Permit)
-    }
-
     /// A decision of the workload's resolver.
     fn handle_dns(&mut self, report: DnsReport) -> Result<()> {
         let rule = report
@@ -547,12 +531,7 @@ impl Reporter<'_> {
         let described = decided.describe(self.compiled, self.entries, &self.workload);
         if !decided.permitted || self.verbose {
             let mut line = described.line;
-            if self.unnamed_address(&decided) {
-                // The address may well belong to an allowed name: the hint says how to get it.
-                if let Some(open) = line.rfind(')') {
-                    line.insert_str(open, "; not an address of an allowed name");
-                }
-            }
+            dns::hint_unnamed(self.compiled, &decided, &mut line);
             eprintln!("{line}");
         }
         self.audit

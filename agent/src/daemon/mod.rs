@@ -864,7 +864,9 @@ impl Daemon {
         };
         let described = decided.describe(&w.compiled, &w.entries, &w.path.display().to_string());
         if !decided.permitted {
-            info!(cgroup = %w.path.display(), pid = decided.tgid, "{}", described.line.trim_start_matches("bridle: "));
+            let mut line = described.line.trim_start_matches("bridle: ").to_owned();
+            crate::dns::hint_unnamed(&w.compiled, &decided, &mut line);
+            info!(cgroup = %w.path.display(), pid = decided.tgid, "{line}");
         }
         self.publish(&described.record);
         if let Err(err) = self.audit.append(described.record) {

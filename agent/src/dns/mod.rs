@@ -17,10 +17,14 @@ pub mod permits;
 pub mod upstream;
 pub mod wire;
 
-use crate::{fanotify::bpfmap::BpfMap, issuer::boot_now_ns};
+use crate::{
+    fanotify::bpfmap::BpfMap,
+    issuer::boot_now_ns,
+    kernel::events::{Decided, Operation},
+};
 use anyhow::{Context, Result};
 use bridle_common::{Decision, DnsRedirect, PortRule, EFFECT_PERMIT, EFFECT_REFUSE};
-use bridle_engine::{Code, Compiled, HostEntry};
+use bridle_engine::{Code, Compiled, Effect, HostEntry};
 use hickory_proto::op::ResponseCode;
 use names::NameVerdict;
 use permits::Permits;
@@ -241,6 +245,25 @@ impl DnsReport {
             // No verdict refused the name; the answer failed. The audit record keeps the
             // name's own verdict.
             Outcome::UpstreamTimeout | Outcome::Failed(_) => Code::Permitted,
+        }
+    }
+}
+
+/// Adds to a refused connect's or send's line (`bridle: refused connect ADDR (CODE…)`) that
+/// the address was not obtained through an allowed name (or its answer expired), when the
+/// refusal fell to the default of a policy with permit host rules: the address may well
+/// belong to an allowed name, and the hint says how to get it.
+pub fn hint_unnamed(compiled: &Compiled, decided: &Decided, line: &mut String) {
+    let unnamed = !decided.permitted
+        && matches!(
+            decided.operation,
+            Operation::Connect(_) | Operation::Send(_)
+        )
+        && decided.code == Some(Code::NoMatchingRule)
+        && compiled.hosts.iter().any(|h| h.effect == Effect::Permit);
+    if unnamed {
+        if let Some(open) = line.rfind(')') {
+            line.insert_str(open, "; not an address of an allowed name");
         }
     }
 }
