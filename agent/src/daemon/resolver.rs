@@ -204,6 +204,9 @@ impl Daemon {
     /// Stops every resolver at shutdown, leaving the redirects: the next daemon points them at
     /// its own resolvers, and meanwhile no query leaves by a way the policy did not decide.
     pub(super) fn stop_resolvers(&mut self) {
+        for r in self.resolvers.running.values() {
+            r.signal_stop();
+        }
         for (_, mut r) in std::mem::take(&mut self.resolvers.running) {
             r.keep_redirect();
         }

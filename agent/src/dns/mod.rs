@@ -532,6 +532,12 @@ impl Resolver {
         }
     }
 
+    /// Tells the resolver's threads to stop, without waiting for them (dropping the resolver
+    /// waits), so that many resolvers stop in the time of one.
+    pub fn signal_stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
     /// Leaves the workload's redirect in the kernel when the resolver is dropped: while no
     /// resolver answers, the workload's DNS queries then go nowhere rather than to the
     /// address it named.
