@@ -1599,7 +1599,7 @@ fn the_resolver_follows_reloads_and_quarantine() {
         .arg("-c")
         .arg(format!(
             "echo $$ > {}/cgroup.procs && \"$PROBE\" resolve-connect allowed.test {port} && \
-             exec \"$PROBE\" resolve-connect-after {} allowed.test {port}",
+             exec \"$PROBE\" after {} resolve-connect allowed.test {port}",
             cg.display(),
             go.display()
         ))
@@ -1672,5 +1672,74 @@ fn the_resolver_follows_reloads_and_quarantine() {
         export.stdout
     );
     drop((s, allowed, other, dns));
+    wait_no_programs();
+}
+
+#[test]
+fn dns_entries_lapse_with_their_permits_when_no_daemon_renews_them() {
+    require_root();
+    let _k = kernel_lock();
+    let dns = Dnsmasq::start(&[]);
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("listen");
+    let port = allowed.local_addr().expect("addr").port();
+    let mut s = Setup::new("dnslapse");
+    s.write_policy(
+        &dns_policy(&[format!("allowed.test:{port}")], "")
+            .replace("permit_ttl = \"10m\"", "permit_ttl = \"3s\""),
+    );
+    // The answer would live five minutes; its permit lives three seconds unless renewed.
+    s.configure(&format!(
+        "\n[resolver]\nupstream = \"{}\"\nttl_min = \"5m\"\n",
+        dns.addr
+    ));
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.start();
+    s.wait_workloads(1);
+    let go = s.dir.path().join("go");
+    let mut waiting = Command::new("/bin/sh");
+    waiting
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && \"$PROBE\" resolve-connect allowed.test {port} && \
+             exec \"$PROBE\" after {} connect 127.0.0.2:{port}",
+            cg.display(),
+            go.display()
+        ))
+        .env("PROBE", probe())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let waiting = waiting.spawn().expect("the workload's process");
+    let marker = s.dir.path().join("go.waiting");
+    let start = Instant::now();
+    while !marker.exists() && start.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(marker.exists(), "the probe never got to wait\n{}", s.log());
+    // Renewed while the daemon runs: still reachable after the permit's first lifetime.
+    std::thread::sleep(Duration::from_secs(4));
+    let f = s.run_in("agent", &format!("\"$PROBE\" connect 127.0.0.2:{port}"));
+    assert!(
+        f.stdout.contains(&format!("connect 127.0.0.2:{port}: ok")),
+        "renewals keep the DNS entry alive\n{}\n{}",
+        show(&f),
+        s.log()
+    );
+    s.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_secs(4));
+    fs::write(&go, "").expect("go");
+    let out = waiting.wait_with_output().expect("the probe ends");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("connect 127.0.0.2:{port}: errno {EPERM}")),
+        "with no daemon renewing, the DNS entry lapses with its permit, not its 5-minute TTL: {out}"
+    );
+    drop((s, allowed, dns));
     wait_no_programs();
 }

@@ -23,6 +23,8 @@
 //! `resolve NAME: eai N` (the EAI_* code); `resolve-connect NAME PORT` then connects over TCP
 //! to the first address and prints `resolve-connect NAME: ok ADDR`, `… eai N` or
 //! `… errno N ADDR`.
+//!
+//! `after FILE COMMAND…` creates `FILE.waiting`, waits for FILE to exist, then does COMMAND.
 
 use std::{
     io::Write,
@@ -32,7 +34,11 @@ use std::{
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.as_slice() {
+    std::process::exit(run(&args));
+}
+
+fn run(args: &[String]) -> i32 {
+    match args {
         [cmd, addr] if cmd == "connect" => connect(addr),
         [cmd, addr, n] if cmd == "connect-loop" => connect_loop(addr, n),
         [cmd, how, file, rest @ ..] if cmd == "exec" => exec(how, file, rest),
@@ -61,22 +67,19 @@ fn main() {
         [cmd, path] if cmd == "setns" => report(cmd, path, enter_ns(path)),
         [cmd, name] if cmd == "resolve" => resolve_report(name, None),
         [cmd, name, port] if cmd == "resolve-connect" => resolve_report(name, Some(port)),
-        [cmd, file, name, port] if cmd == "resolve-connect-after" => {
-            resolve_after(file, name, port)
-        }
+        [cmd, file, rest @ ..] if cmd == "after" => after(file, rest),
         _ => {
             eprintln!(
                 "usage: bridle-probe connect ADDR | connect-loop ADDR N | exec HOW FILE ARGS... \
                  | udp-send ADDR | tfo ADDR | uring-connect ADDR | raw-socket | packet-socket \
                  | unix-connect PATH | unix-send PATH | udp-loop ADDR N | udp-rate ADDR RATE MILLIS \
                  | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE \
-                 | resolve NAME | resolve-connect NAME PORT | resolve-connect-after FILE NAME PORT \
-                 | bpf-ids | ptrace PID | setns PATH"
+                 | resolve NAME | resolve-connect NAME PORT | after FILE COMMAND… | bpf-ids \
+                 | ptrace PID | setns PATH"
             );
             2
         }
-    };
-    std::process::exit(code);
+    }
 }
 
 fn connect(addr: &str) -> i32 {
@@ -660,18 +663,23 @@ fn resolve_report(name: &str, port: Option<&String>) -> i32 {
     }
 }
 
-/// Waits (up to a minute) until `file` exists, then does `resolve-connect NAME PORT`: a
-/// process already running when its workload is quarantined, which may exec nothing after.
-fn resolve_after(file: &str, name: &str, port: &String) -> i32 {
+/// Creates `FILE.waiting`, waits (up to a minute) until `file` exists, then runs `command` in
+/// this process: a workload process already running when the tests change something (a
+/// quarantine, a dead daemon), which may not be able to exec anything afterwards.
+fn after(file: &str, command: &[String]) -> i32 {
+    if let Err(err) = std::fs::write(format!("{file}.waiting"), "") {
+        println!("after {file}: {err}");
+        return 1;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::path::Path::new(file).exists() {
         if Instant::now() > deadline {
-            println!("resolve-connect-after {file}: never appeared");
+            println!("after {file}: never appeared");
             return 1;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    resolve_report(name, Some(port))
+    run(command)
 }
 
 /// Asks the kernel for the first loaded BPF program's id: what a tool that wants to detach
