@@ -1743,3 +1743,64 @@ fn dns_entries_lapse_with_their_permits_when_no_daemon_renews_them() {
     drop((s, allowed, dns));
     wait_no_programs();
 }
+
+#[test]
+fn bridle_run_through_the_daemon_resolves_with_the_daemons_resolver() {
+    require_root();
+    let _k = kernel_lock();
+    let dns = Dnsmasq::start(&[]);
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("listen");
+    let port = allowed.local_addr().expect("addr").port();
+    let mut s = Setup::new("dnsrun");
+    s.configure(&format!("\n[resolver]\nupstream = \"{}\"\n", dns.addr));
+    s.start();
+    s.wait_workloads(0);
+    let policy = s.dir.path().join("run.toml");
+    fs::write(&policy, dns_policy(&[format!("allowed.test:{port}")], "")).expect("policy");
+    let run = |extra: &[&str], script: &str| {
+        let mut run = Command::new(bridle_bin());
+        run.arg("run")
+            .arg("--policy")
+            .arg(&policy)
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", script])
+            .env("PROBE", probe())
+            .env("BRIDLE_SOCKET", s.socket())
+            .env("BRIDLE_STATE_DIR", s.dir.path().join("run-state"));
+        finish(run, DEADLINE)
+    };
+    let f = run(
+        &[],
+        &format!(
+            "\"$PROBE\" connect 127.0.0.2:{port}; \"$PROBE\" resolve-connect allowed.test {port}; \
+             \"$PROBE\" resolve other.test; true"
+        ),
+    );
+    let ctx = format!("{}\n--- daemon\n{}", show(&f), s.log());
+    assert_eq!(f.code, 0, "{ctx}");
+    assert!(f.stderr.contains("confined by the running daemon"), "{ctx}");
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.2:{port}: errno {EPERM}")),
+        "{ctx}"
+    );
+    assert!(
+        f.stdout.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "{ctx}"
+    );
+    assert!(f.stdout.contains("resolve other.test: eai "), "{ctx}");
+    assert!(
+        f.stderr
+            .contains("bridle: refused resolve other.test A (NAME_NOT_ALLOWED)"),
+        "the run prints the daemon's resolver's decision\n{ctx}"
+    );
+    // The run's own resolver options would be ignored: refused, not silently dropped.
+    let f = run(&["--dns-upstream", "127.0.0.1:53"], "true");
+    assert_eq!(f.code, 125, "{}", show(&f));
+    assert!(f.stderr.contains("--standalone"), "{}", show(&f));
+    s.wait_workloads(0);
+    drop((s, allowed, dns));
+    wait_no_programs();
+}

@@ -69,15 +69,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_upstream: Option<std::net::SocketAddr>,
     /// Shortest life, in seconds, of the entry an answered address gets (record TTLs below
-    /// it are raised to it).
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
-    pub dns_ttl_min: u64,
-    /// Longest life, in seconds, of the entry an answered address gets.
-    #[arg(long, value_name = "SECS", default_value_t = 3600)]
-    pub dns_ttl_max: u64,
-    /// How long the resolver waits for the upstream before it answers SERVFAIL, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    pub dns_timeout: u64,
+    /// it are raised to it) [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub dns_ttl_min: Option<u64>,
+    /// Longest life, in seconds, of the entry an answered address gets [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub dns_ttl_max: Option<u64>,
+    /// How long the resolver waits for the upstream before it answers SERVFAIL, in ms
+    /// [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub dns_timeout: Option<u64>,
     /// Confine the command here even when a bridle daemon is running (which otherwise
     /// confines it, with its pinned enforcement, exec tier, resolver and audit trail).
     #[arg(long)]
@@ -88,6 +89,34 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The resolver settings the `--dns-*` options ask for (the daemon's `[resolver]`
+    /// defaults for those not given).
+    fn dns_settings(&self) -> dns::Settings {
+        let defaults = crate::daemon::config::Resolver::default();
+        dns::Settings {
+            upstream: self.dns_upstream.unwrap_or_else(dns::system_upstream),
+            timeout: self
+                .dns_timeout
+                .map_or(defaults.timeout, Duration::from_millis),
+            ttl_min: self
+                .dns_ttl_min
+                .map_or(defaults.ttl_min, Duration::from_secs),
+            ttl_max: self
+                .dns_ttl_max
+                .map_or(defaults.ttl_max, Duration::from_secs),
+        }
+    }
+
+    /// Whether any `--dns-*` option was given.
+    pub(super) fn dns_options_given(&self) -> bool {
+        self.dns_upstream.is_some()
+            || self.dns_ttl_min.is_some()
+            || self.dns_ttl_max.is_some()
+            || self.dns_timeout.is_some()
+    }
 }
 
 /// Longest a workload exec waits for the engine on the fanotify tier before the fail mode
@@ -414,12 +443,7 @@ fn start_resolver(
 ) -> Result<Resolver> {
     let map = |name: &str| enforcer.map_fd(name).map(BpfMap::new);
     Resolver::start(DnsConfig {
-        settings: dns::Settings {
-            upstream: args.dns_upstream.unwrap_or_else(dns::system_upstream),
-            timeout: Duration::from_millis(args.dns_timeout),
-            ttl_min: Duration::from_secs(args.dns_ttl_min),
-            ttl_max: Duration::from_secs(args.dns_ttl_max),
-        },
+        settings: args.dns_settings(),
         workload,
         // One workload, one policy: its cgroup id is its slot (see confine_and_wait).
         view: dns::View::new(compiled, workload, observe, |rule| issuer.stamp(rule)),
