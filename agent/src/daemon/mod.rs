@@ -9,8 +9,8 @@
 pub mod config;
 pub mod control;
 mod quarantine;
-mod runtime;
 mod resolver;
+mod runtime;
 
 use crate::{
     cgroup,

@@ -51,6 +51,7 @@ pub(super) struct Resolvers {
 }
 
 impl Resolvers {
+    /// None running yet.
     pub(super) fn new() -> Resolvers {
         let (reports_tx, reports) = mpsc::channel();
         Resolvers {
