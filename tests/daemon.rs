@@ -1,10 +1,11 @@
 //! `bridle daemon` against the real kernel: pinned enforcement that outlives the daemon,
-//! adoption on restart, all-or-nothing reloads, the control socket, the notify protocol and
-//! the shipped systemd unit.
+//! adoption on restart, all-or-nothing reloads, the control socket, the notify protocol, the
+//! shipped systemd unit, and host names decided by the daemon's resolver (against a real
+//! dnsmasq on loopback).
 
 use bridle_tests::{
     bridle_bin, cgroup2_root, finish, kernel_lock, loaded_bridle_programs, require_root,
-    workspace_root, Finished,
+    workspace_root, Dnsmasq, Finished,
 };
 use std::{
     collections::BTreeMap,
@@ -159,6 +160,41 @@ impl Setup {
             cg.display()
         ));
         finish(cmd, DEADLINE).code
+    }
+
+    /// Runs `script` in workload cgroup `name` (created if needed) with `$PROBE` set to the
+    /// probe binary, and returns what it printed.
+    fn run_in(&self, name: &str, script: &str) -> Finished {
+        let cg = self.group.join(name);
+        fs::create_dir_all(&cg).expect("workload cgroup");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && {script}",
+                cg.display()
+            ))
+            .env("PROBE", probe());
+        finish(cmd, DEADLINE)
+    }
+
+    /// Adds `text` (TOML) to the daemon's configuration file.
+    fn configure(&self, text: &str) {
+        let path = self.dir.path().join("bridle.toml");
+        let mut config = fs::read_to_string(&path).expect("config");
+        config.push_str(text);
+        fs::write(&path, config).expect("config");
+    }
+
+    /// Replaces the workloads' policy.
+    fn write_policy(&self, text: &str) {
+        fs::write(self.dir.path().join("policies/p.toml"), text).expect("policy");
+    }
+
+    /// `bridle status --json`, parsed.
+    fn status_json(&self) -> serde_json::Value {
+        let status = self.bridle(&["status", "--json"]);
+        assert_eq!(status.code, 0, "{}", status.stderr);
+        serde_json::from_str(&status.stdout).expect("status JSON")
     }
 
     /// The exec tier the running daemon reports.
@@ -1320,4 +1356,587 @@ fn the_shipped_unit_file_verifies() {
         f.stdout, f.stderr
     );
     assert!(!f.stderr.contains("bridle.service"), "{}", f.stderr);
+}
+
+fn probe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bridle-probe"))
+}
+
+const EPERM: i32 = 1;
+
+/// A policy permitting the shell and the probe, and connects to `connect` (host names among
+/// them), with `extra` TOML after its rules.
+fn dns_policy(connect: &[String], extra: &str) -> String {
+    let list = connect
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+name = "daemon-dns"
+default = "refuse"
+permit_ttl = "10m"
+
+[[rule]]
+name = "system"
+effect = "permit"
+exec = ["/usr/bin/*", "/bin/*", "{probe}"]
+
+[[rule]]
+name = "names"
+effect = "permit"
+connect = [{list}]
+
+# glibc asks nscd first on every lookup; refused, each lookup would count towards quarantine.
+[[rule]]
+name = "name-service-cache"
+effect = "permit"
+connect = ["unix:/var/run/nscd/socket", "unix:/run/nscd/socket"]
+{extra}
+"#,
+        probe = probe().display()
+    )
+}
+
+fn show(f: &Finished) -> String {
+    format!(
+        "exit {}\n--- stdout\n{}--- stderr\n{}",
+        f.code, f.stdout, f.stderr
+    )
+}
+
+/// Follows `bridle events --follow --json` for one workload on a thread; `lines` collects
+/// what it streamed so far. Killed by pid on drop.
+struct Follow {
+    child: Child,
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Follow {
+    fn start(s: &Setup, workload: &std::path::Path) -> Follow {
+        let mut cmd = Command::new(bridle_bin());
+        cmd.args(["events", "--follow", "--json", "--workload"])
+            .arg(workload)
+            .env("BRIDLE_SOCKET", s.socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("bridle events --follow");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Give the follower time to register.
+        std::thread::sleep(Duration::from_millis(500));
+        Follow {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a streamed line satisfies `wanted`.
+    fn wait(&mut self, wanted: impl Fn(&serde_json::Value) -> bool) -> bool {
+        let start = Instant::now();
+        let parsed = |l: &String| serde_json::from_str::<serde_json::Value>(l).ok();
+        while start.elapsed() < DEADLINE {
+            if self.seen.iter().filter_map(parsed).any(|v| wanted(&v)) {
+                return true;
+            }
+            if let Ok(line) = self.rx.recv_timeout(Duration::from_millis(200)) {
+                self.seen.push(line);
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of the child this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn host_names_are_decided_by_the_daemons_resolver_also_after_a_restart() {
+    require_root();
+    let _k = kernel_lock();
+    let dns = Dnsmasq::start(&[]);
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("listen");
+    let port = allowed.local_addr().expect("addr").port();
+    let other = std::net::TcpListener::bind(format!("127.0.0.3:{port}")).expect("listen");
+    let mut s = Setup::new("dns");
+    s.write_policy(&dns_policy(&[format!("allowed.test:{port}")], ""));
+    s.configure(&format!("\n[resolver]\nupstream = \"{}\"\n", dns.addr));
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.start();
+    s.wait_workloads(1);
+    let mut follow = Follow::start(&s, &cg);
+
+    let script = format!(
+        "\"$PROBE\" connect 127.0.0.2:{port}; \"$PROBE\" resolve-connect allowed.test {port}; \
+         \"$PROBE\" resolve other.test; \"$PROBE\" connect 127.0.0.3:{port}; true"
+    );
+    let f = s.run_in("agent", &script);
+    let ctx = format!("{}\n--- daemon\n{}", show(&f), s.log());
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.2:{port}: errno {EPERM}\n")),
+        "a connect to the allowed name's address before resolving it is refused\n{ctx}"
+    );
+    assert!(
+        f.stdout.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "the allowed name resolves and its address connects on the permitted port\n{ctx}"
+    );
+    assert!(
+        f.stdout.contains("resolve other.test: eai "),
+        "a name no rule allows does not resolve\n{ctx}"
+    );
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.3:{port}: errno {EPERM}")),
+        "{ctx}"
+    );
+    assert!(
+        follow.wait(|v| v["action"] == "resolve"
+            && v["code"] == "NAME_NOT_ALLOWED"
+            && v["effect"] == "refuse"
+            && v["object"] == "other.test A"),
+        "the refused name is streamed to followers: {:?}\n{ctx}",
+        follow.seen
+    );
+    assert!(
+        follow.wait(|v| v["action"] == "resolve"
+            && v["code"] == "PERMITTED"
+            && v["object"] == "allowed.test A = 127.0.0.2"
+            && v["rule"] == "names"
+            && v["permit_id"].is_u64()),
+        "the permitted name is streamed with its rule and permit: {:?}",
+        follow.seen
+    );
+    drop(follow);
+    assert!(
+        s.log().contains(&format!(
+            "refused connect 127.0.0.2:{port} (NO_MATCHING_RULE; not an address of an allowed name)"
+        )),
+        "the log says why the direct connect was refused\n{}",
+        s.log()
+    );
+
+    // bridle status reports the resolver.
+    let status = s.status_json();
+    let r = &status["workloads"][0]["resolver"];
+    assert!(
+        r["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{status}"
+    );
+    assert_eq!(r["upstream"], dns.addr.to_string(), "{status}");
+    assert!(r["permitted"].as_u64() >= Some(1), "{status}");
+    assert!(r["refused"].as_u64() >= Some(1), "{status}");
+    assert!(r["addresses"].as_u64() >= Some(1), "{status}");
+    assert!(
+        status["tiers"]["host_names"]
+            .as_str()
+            .is_some_and(|t| t.contains("DNS resolver")),
+        "{status}"
+    );
+    let text = s.bridle(&["status"]);
+    assert!(
+        text.stdout.contains(&format!("-> upstream {}", dns.addr)),
+        "{}",
+        text.stdout
+    );
+
+    // A killed daemon: its redirect stays, nothing answers, no name resolves.
+    s.signal(libc::SIGKILL);
+    let f = s.run_in("agent", "\"$PROBE\" resolve allowed.test; true");
+    assert!(
+        f.stdout.contains("resolve allowed.test: eai "),
+        "with no daemon no name resolves\n{}",
+        show(&f)
+    );
+    // A restarted daemon adopts the pins and runs a new resolver for the workload.
+    s.start();
+    s.wait_workloads(1);
+    let f = s.run_in("agent", &script);
+    let ctx = format!("{}\n--- daemon\n{}", show(&f), s.log());
+    assert!(
+        f.stdout.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "host names work again after a restart\n{ctx}"
+    );
+    assert!(f.stdout.contains("resolve other.test: eai "), "{ctx}");
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.3:{port}: errno {EPERM}")),
+        "{ctx}"
+    );
+
+    // Every decision is in the audit trail, before and after the restart.
+    s.signal(libc::SIGTERM);
+    let export = s.bridle(&["audit", "export", "--format", "jsonl"]);
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    let records: Vec<serde_json::Value> = export
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let workload = cg.display().to_string();
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        records
+            .iter()
+            .filter(|v| v["workload"] == workload.as_str() && f(v))
+            .count()
+    };
+    assert!(
+        count(&|v| v["action"] == "resolve"
+            && v["code"] == "NAME_NOT_ALLOWED"
+            && v["effect"] == "refuse"
+            && v["object"] == "other.test A")
+            >= 2,
+        "the refused name is audited, before and after the restart\n{}",
+        export.stdout
+    );
+    assert!(
+        count(&|v| v["action"] == "resolve"
+            && v["code"] == "PERMITTED"
+            && v["object"] == "allowed.test A = 127.0.0.2"
+            && v["permit_id"].is_u64())
+            >= 2,
+        "{}",
+        export.stdout
+    );
+    assert_eq!(
+        count(&|v| v["action"] == "connect"
+            && v["effect"] == "refuse"
+            && v["object"] == format!("127.0.0.2:{port}").as_str()),
+        2,
+        "the direct connect before resolving is audited as refused, before and after the \
+         restart (a restarted daemon starts from a fresh slot: names are resolved again)\n{}",
+        export.stdout
+    );
+    let verify = s.bridle(&["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.stderr);
+
+    drop((s, allowed, other, dns));
+    wait_no_programs();
+}
+
+/// The workload's slot and its resolver's (`bridle status`), and the resolver entry.
+fn slots(s: &Setup) -> (String, serde_json::Value) {
+    let status = s.status_json();
+    let w = &status["workloads"][0];
+    (
+        w["slot"].as_str().unwrap_or_default().to_owned(),
+        w["resolver"].clone(),
+    )
+}
+
+#[test]
+fn the_resolver_follows_reloads_and_quarantine() {
+    require_root();
+    let _k = kernel_lock();
+    let dns = Dnsmasq::start(&[]);
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("listen");
+    let port = allowed.local_addr().expect("addr").port();
+    let other = std::net::TcpListener::bind(format!("127.0.0.3:{port}")).expect("listen");
+    let quarantine =
+        "\n[quarantine]\nafter_refusals = 3\nwithin = \"1m\"\naction = \"refuse-all\"\n";
+    let allow_allowed = dns_policy(&[format!("allowed.test:{port}")], quarantine);
+    let mut s = Setup::new("dnsreload");
+    s.write_policy(&allow_allowed);
+    // Long enough for the answers to outlive the reloads below.
+    s.configure(&format!(
+        "\n[resolver]\nupstream = \"{}\"\nttl_min = \"5m\"\n",
+        dns.addr
+    ));
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.start();
+    s.wait_workloads(1);
+    let connect_allowed = format!("\"$PROBE\" connect 127.0.0.2:{port}");
+    let resolve_allowed = format!("\"$PROBE\" resolve-connect allowed.test {port}");
+
+    let f = s.run_in("agent", &resolve_allowed);
+    assert_eq!(f.code, 0, "{}\n{}", show(&f), s.log());
+    let (before, resolver) = slots(&s);
+    assert_eq!(resolver["slot"].as_str(), Some(before.as_str()));
+
+    // A reload installs a fresh slot; the resolver moves with the workload, and the address
+    // it answered stays reachable without resolving it again.
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let (after, resolver) = slots(&s);
+    assert_ne!(after, before, "a reload installs a new slot");
+    assert_eq!(
+        resolver["slot"].as_str(),
+        Some(after.as_str()),
+        "the resolver writes under the workload's current slot"
+    );
+    let f = s.run_in("agent", &connect_allowed);
+    assert!(
+        f.stdout.contains(&format!("connect 127.0.0.2:{port}: ok")),
+        "an answered address is carried to the new slot\n{}\n{}",
+        show(&f),
+        s.log()
+    );
+
+    // A policy that no longer allows the name: its address goes, the name is refused, and
+    // the name it allows now resolves, with the new policy's permits.
+    s.write_policy(&dns_policy(&[format!("other.test:{port}")], quarantine));
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let f = s.run_in(
+        "agent",
+        &format!(
+            "{connect_allowed}; \"$PROBE\" resolve allowed.test; \
+             \"$PROBE\" resolve-connect other.test {port}; true"
+        ),
+    );
+    let ctx = format!("{}\n--- daemon\n{}", show(&f), s.log());
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.2:{port}: errno {EPERM}")),
+        "an address whose name the new policy refuses is not carried over\n{ctx}"
+    );
+    assert!(f.stdout.contains("resolve allowed.test: eai "), "{ctx}");
+    assert!(
+        f.stdout
+            .contains(&format!("resolve-connect other.test: ok 127.0.0.3:{port}")),
+        "{ctx}"
+    );
+
+    // Back to the first policy, then a refuse-all quarantine: every name is refused, and no
+    // address answered before stays reachable.
+    s.write_policy(&allow_allowed);
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let go = s.dir.path().join("go");
+    let mut waiting = Command::new("/bin/sh");
+    waiting
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && \"$PROBE\" resolve-connect allowed.test {port} && \
+             exec \"$PROBE\" after {} resolve-connect allowed.test {port}",
+            cg.display(),
+            go.display()
+        ))
+        .env("PROBE", probe())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let waiting = waiting
+        .spawn()
+        .expect("a process that resolves once quarantined");
+    let f = s.run_in(
+        "agent",
+        &format!("for i in 1 2 3; do \"$PROBE\" connect 127.0.0.9:{port}; done; true"),
+    );
+    assert_eq!(f.code, 0, "{}", show(&f));
+    wait_quarantined(&s, &cg, Some("refuse-all"));
+    let (_, resolver) = slots(&s);
+    assert_eq!(resolver["refusing_all"], true, "{resolver}");
+    fs::write(&go, "").expect("go");
+    let out = waiting.wait_with_output().expect("the waiting probe ends");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "resolved before the quarantine: {out}"
+    );
+    assert!(
+        out.contains("resolve-connect allowed.test: eai "),
+        "a refuse-all quarantine refuses every name: {out}\n{}",
+        s.log()
+    );
+    let lift = s.bridle(&["release", "--quarantine", &cg.display().to_string()]);
+    assert_eq!(lift.code, 0, "{}", lift.stderr);
+    wait_quarantined(&s, &cg, None);
+    let f = s.run_in("agent", &resolve_allowed);
+    assert_eq!(
+        f.code,
+        0,
+        "names resolve again once the quarantine is lifted\n{}\n{}",
+        show(&f),
+        s.log()
+    );
+
+    // A policy without host rules: the resolver stops, and DNS meets the connect rules.
+    s.write_policy(&dns_policy(&["127.0.0.9:1".to_owned()], ""));
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    let (_, resolver) = slots(&s);
+    assert!(resolver.is_null(), "{resolver}");
+    let f = s.run_in("agent", "\"$PROBE\" resolve allowed.test; true");
+    assert!(
+        f.stdout.contains("resolve allowed.test: eai "),
+        "{}",
+        show(&f)
+    );
+
+    s.signal(libc::SIGTERM);
+    let export = s.bridle(&["audit", "export", "--format", "jsonl"]);
+    let quarantined = export
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["action"] == "resolve" && v["code"] == "QUARANTINED" && v["effect"] == "refuse"
+        })
+        .count();
+    assert!(
+        quarantined >= 1,
+        "names refused in quarantine are audited\n{}",
+        export.stdout
+    );
+    drop((s, allowed, other, dns));
+    wait_no_programs();
+}
+
+#[test]
+fn dns_entries_lapse_with_their_permits_when_no_daemon_renews_them() {
+    require_root();
+    let _k = kernel_lock();
+    let dns = Dnsmasq::start(&[]);
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("listen");
+    let port = allowed.local_addr().expect("addr").port();
+    let mut s = Setup::new("dnslapse");
+    s.write_policy(
+        &dns_policy(&[format!("allowed.test:{port}")], "")
+            .replace("permit_ttl = \"10m\"", "permit_ttl = \"3s\""),
+    );
+    // The answer would live five minutes; its permit lives three seconds unless renewed.
+    s.configure(&format!(
+        "\n[resolver]\nupstream = \"{}\"\nttl_min = \"5m\"\n",
+        dns.addr
+    ));
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.start();
+    s.wait_workloads(1);
+    let go = s.dir.path().join("go");
+    let mut waiting = Command::new("/bin/sh");
+    waiting
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && \"$PROBE\" resolve-connect allowed.test {port} && \
+             exec \"$PROBE\" after {} connect 127.0.0.2:{port}",
+            cg.display(),
+            go.display()
+        ))
+        .env("PROBE", probe())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let waiting = waiting.spawn().expect("the workload's process");
+    let marker = s.dir.path().join("go.waiting");
+    let start = Instant::now();
+    while !marker.exists() && start.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(marker.exists(), "the probe never got to wait\n{}", s.log());
+    // Renewed while the daemon runs: still reachable after the permit's first lifetime.
+    std::thread::sleep(Duration::from_secs(4));
+    let f = s.run_in("agent", &format!("\"$PROBE\" connect 127.0.0.2:{port}"));
+    assert!(
+        f.stdout.contains(&format!("connect 127.0.0.2:{port}: ok")),
+        "renewals keep the DNS entry alive\n{}\n{}",
+        show(&f),
+        s.log()
+    );
+    s.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_secs(4));
+    fs::write(&go, "").expect("go");
+    let out = waiting.wait_with_output().expect("the probe ends");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("connect 127.0.0.2:{port}: errno {EPERM}")),
+        "with no daemon renewing, the DNS entry lapses with its permit, not its 5-minute TTL: {out}"
+    );
+    drop((s, allowed, dns));
+    wait_no_programs();
+}
+
+#[test]
+fn bridle_run_through_the_daemon_resolves_with_the_daemons_resolver() {
+    require_root();
+    let _k = kernel_lock();
+    let dns = Dnsmasq::start(&[]);
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("listen");
+    let port = allowed.local_addr().expect("addr").port();
+    let mut s = Setup::new("dnsrun");
+    s.configure(&format!("\n[resolver]\nupstream = \"{}\"\n", dns.addr));
+    s.start();
+    s.wait_workloads(0);
+    let policy = s.dir.path().join("run.toml");
+    fs::write(&policy, dns_policy(&[format!("allowed.test:{port}")], "")).expect("policy");
+    let run = |extra: &[&str], script: &str| {
+        let mut run = Command::new(bridle_bin());
+        run.arg("run")
+            .arg("--policy")
+            .arg(&policy)
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", script])
+            .env("PROBE", probe())
+            .env("BRIDLE_SOCKET", s.socket())
+            .env("BRIDLE_STATE_DIR", s.dir.path().join("run-state"));
+        finish(run, DEADLINE)
+    };
+    let f = run(
+        &[],
+        &format!(
+            "\"$PROBE\" connect 127.0.0.2:{port}; \"$PROBE\" resolve-connect allowed.test {port}; \
+             \"$PROBE\" resolve other.test; true"
+        ),
+    );
+    let ctx = format!("{}\n--- daemon\n{}", show(&f), s.log());
+    assert_eq!(f.code, 0, "{ctx}");
+    assert!(f.stderr.contains("confined by the running daemon"), "{ctx}");
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.2:{port}: errno {EPERM}")),
+        "{ctx}"
+    );
+    assert!(
+        f.stdout.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "{ctx}"
+    );
+    assert!(f.stdout.contains("resolve other.test: eai "), "{ctx}");
+    assert!(
+        f.stderr
+            .contains("bridle: refused resolve other.test A (NAME_NOT_ALLOWED)"),
+        "the run prints the daemon's resolver's decision\n{ctx}"
+    );
+    // The run's own resolver options would be ignored: refused, not silently dropped.
+    let f = run(&["--dns-upstream", "127.0.0.1:53"], "true");
+    assert_eq!(f.code, 125, "{}", show(&f));
+    assert!(f.stderr.contains("--standalone"), "{}", show(&f));
+    s.wait_workloads(0);
+    drop((s, allowed, dns));
+    wait_no_programs();
 }

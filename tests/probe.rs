@@ -25,6 +25,8 @@
 //! `resolve NAME: eai N` (the EAI_* code); `resolve-connect NAME PORT` then connects over TCP
 //! to the first address and prints `resolve-connect NAME: ok ADDR`, `… eai N` or
 //! `… errno N ADDR`.
+//!
+//! `after FILE COMMAND…` creates `FILE.waiting`, waits for FILE to exist, then does COMMAND.
 
 use std::{
     io::Write,
@@ -34,7 +36,11 @@ use std::{
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.as_slice() {
+    std::process::exit(run(&args));
+}
+
+fn run(args: &[String]) -> i32 {
+    match args {
         [cmd, addr] if cmd == "connect" => connect(addr),
         [cmd, addr, n] if cmd == "connect-loop" => connect_loop(addr, n),
         [cmd, how, file, rest @ ..] if cmd == "exec" => exec(how, file, rest),
@@ -68,18 +74,19 @@ fn main() {
         [cmd, path] if cmd == "setns" => report(cmd, path, enter_ns(path)),
         [cmd, name] if cmd == "resolve" => resolve_report(name, None),
         [cmd, name, port] if cmd == "resolve-connect" => resolve_report(name, Some(port)),
+        [cmd, file, rest @ ..] if cmd == "after" => after(file, rest),
         _ => {
             eprintln!(
                 "usage: bridle-probe connect ADDR | connect-loop ADDR N | exec HOW FILE ARGS... \
                  | udp-send ADDR | tfo ADDR | uring-connect ADDR | raw-socket | packet-socket \
                  | unix-connect PATH | unix-connect-padded PATH | unix-send PATH | udp-loop ADDR N | udp-rate ADDR RATE MILLIS \
                  | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE \
-                 | resolve NAME | resolve-connect NAME PORT | bpf-ids | ptrace PID | setns PATH"
+                 | resolve NAME | resolve-connect NAME PORT | after FILE COMMAND… | bpf-ids \
+                 | ptrace PID | setns PATH"
             );
             2
         }
-    };
-    std::process::exit(code);
+    }
 }
 
 fn connect(addr: &str) -> i32 {
@@ -669,6 +676,25 @@ fn resolve_report(name: &str, port: Option<&String>) -> i32 {
             1
         }
     }
+}
+
+/// Creates `FILE.waiting`, waits (up to a minute) until `file` exists, then runs `command` in
+/// this process: a workload process already running when the tests change something (a
+/// quarantine, a dead daemon), which may not be able to exec anything afterwards.
+fn after(file: &str, command: &[String]) -> i32 {
+    if let Err(err) = std::fs::write(format!("{file}.waiting"), "") {
+        println!("after {file}: {err}");
+        return 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(file).exists() {
+        if Instant::now() > deadline {
+            println!("after {file}: never appeared");
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run(command)
 }
 
 /// Asks the kernel for the first loaded BPF program's id: what a tool that wants to detach

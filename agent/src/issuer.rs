@@ -150,6 +150,11 @@ impl Issuer {
         Ok(())
     }
 
+    /// How many permits are live (one per rule with entries, host rules included).
+    pub fn issued(&self) -> usize {
+        self.permits.len()
+    }
+
     /// The permit id and kernel (`CLOCK_BOOTTIME`) expiry for a rule's entries.
     pub fn stamp(&self, rule: u32) -> Option<(u64, u64)> {
         let permit = self.permits.get(&rule)?;

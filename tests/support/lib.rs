@@ -242,3 +242,104 @@ pub fn assert_no_residue(context: &str) {
     assert_eq!(left.1, Vec::<String>::new(), "{context}: programs left");
     assert!(!leftover_pins(), "{context}: pins left");
 }
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    process::Child,
+};
+
+/// Where the tests' dnsmasq listens (a port is drawn per instance).
+pub const DNSMASQ_IP: &str = "127.0.0.77";
+
+/// A dnsmasq on loopback serving local test records (`allowed.test` 127.0.0.2, `other.test`
+/// 127.0.0.3, `v6only.test` ::1, `alias.cname.test` a CNAME of `target.test` 127.0.0.4,
+/// `nx.test` NXDOMAIN); killed by pid when dropped, also on a failed test.
+pub struct Dnsmasq {
+    child: Child,
+    /// Where it answers.
+    pub addr: SocketAddr,
+}
+
+impl Dnsmasq {
+    /// Starts one with `extra` options and waits until it answers.
+    pub fn start(extra: &[&str]) -> Dnsmasq {
+        let port = free_udp_port(DNSMASQ_IP);
+        let mut cmd = Command::new("/usr/sbin/dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--pid-file=",
+            "--user=root",
+            &format!("--listen-address={DNSMASQ_IP}"),
+            &format!("--port={port}"),
+            "--address=/allowed.test/127.0.0.2",
+            "--address=/other.test/127.0.0.3",
+            "--host-record=v6only.test,::1",
+            "--host-record=target.test,127.0.0.4",
+            "--cname=alias.cname.test,target.test",
+            "--address=/nx.test/",
+        ]);
+        cmd.args(extra);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("start /usr/sbin/dnsmasq (cargo xtask setup installs dnsmasq-base)");
+        let addr: SocketAddr = format!("{DNSMASQ_IP}:{port}").parse().expect("addr");
+        let d = Dnsmasq { child, addr };
+        // Ready when it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ask(d.addr, "allowed.test").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not come up on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port(ip: &str) -> u16 {
+    let s = UdpSocket::bind(format!("{ip}:0")).expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// A DNS query for `name` (type A), id 0x4242.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Asks `server` for `name` directly (from the test process, outside every workload); the
+/// first A address of the answer.
+pub fn ask(server: SocketAddr, name: &str) -> Option<[u8; 4]> {
+    let s = UdpSocket::bind("127.0.0.1:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    s.send_to(&dns_query(name), server).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).ok()?;
+    let r = &buf[..n];
+    let ancount = u16::from_be_bytes([r[6], r[7]]);
+    if ancount == 0 {
+        return None;
+    }
+    // The answer's last four bytes are the address of a one-record A answer.
+    Some([r[n - 4], r[n - 3], r[n - 2], r[n - 1]])
+}

@@ -133,6 +133,26 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 .map(|a| format!("  QUARANTINED ({a})"))
                 .unwrap_or_default()
         );
+        let r = &w["resolver"];
+        if let Some(err) = r["error"].as_str() {
+            println!("    resolver: did not start, host rules permit nothing: {err}");
+        } else if r.is_object() {
+            println!(
+                "    resolver {} -> upstream {}  {} permitted, {} refused, {} observed, {} failed, {} addresses live{}",
+                s(&r["address"]),
+                s(&r["upstream"]),
+                r["permitted"],
+                r["refused"],
+                r["observed"],
+                r["failed"],
+                r["addresses"],
+                if r["refusing_all"] == true {
+                    "  (refusing every name: quarantined)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

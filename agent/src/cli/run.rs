@@ -15,12 +15,7 @@ use crate::{
     },
     harden::Hardening,
     issuer::Issuer,
-    kernel::{
-        entries,
-        events::{Decided, Operation},
-        tier::ExecTier,
-        Enforcer,
-    },
+    kernel::{entries, events::Decided, tier::ExecTier, Enforcer},
 };
 use anyhow::{bail, Context, Result};
 use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE};
@@ -69,15 +64,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_upstream: Option<std::net::SocketAddr>,
     /// Shortest life, in seconds, of the entry an answered address gets (record TTLs below
-    /// it are raised to it).
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
-    pub dns_ttl_min: u64,
-    /// Longest life, in seconds, of the entry an answered address gets.
-    #[arg(long, value_name = "SECS", default_value_t = 3600)]
-    pub dns_ttl_max: u64,
-    /// How long the resolver waits for the upstream before it answers SERVFAIL, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    pub dns_timeout: u64,
+    /// it are raised to it) [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub dns_ttl_min: Option<u64>,
+    /// Longest life, in seconds, of the entry an answered address gets [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub dns_ttl_max: Option<u64>,
+    /// How long the resolver waits for the upstream before it answers SERVFAIL, in ms
+    /// [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub dns_timeout: Option<u64>,
     /// Confine the command here even when a bridle daemon is running (which otherwise
     /// confines it, with its pinned enforcement, exec tier, resolver and audit trail).
     #[arg(long)]
@@ -88,6 +84,34 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The resolver settings the `--dns-*` options ask for (the daemon's `[resolver]`
+    /// defaults for those not given).
+    fn dns_settings(&self) -> dns::Settings {
+        let defaults = crate::daemon::config::Resolver::default();
+        dns::Settings {
+            upstream: self.dns_upstream.unwrap_or_else(dns::system_upstream),
+            timeout: self
+                .dns_timeout
+                .map_or(defaults.timeout, Duration::from_millis),
+            ttl_min: self
+                .dns_ttl_min
+                .map_or(defaults.ttl_min, Duration::from_secs),
+            ttl_max: self
+                .dns_ttl_max
+                .map_or(defaults.ttl_max, Duration::from_secs),
+        }
+    }
+
+    /// Whether any `--dns-*` option was given.
+    pub(super) fn dns_options_given(&self) -> bool {
+        self.dns_upstream.is_some()
+            || self.dns_ttl_min.is_some()
+            || self.dns_ttl_max.is_some()
+            || self.dns_timeout.is_some()
+    }
 }
 
 /// Longest a workload exec waits for the engine on the fanotify tier before the fail mode
@@ -413,25 +437,12 @@ fn start_resolver(
     workload: u64,
     reports: std::sync::mpsc::Sender<DnsReport>,
 ) -> Result<Resolver> {
-    let upstream = args.dns_upstream.unwrap_or_else(dns::system_upstream);
-    let permit_ids = compiled
-        .hosts
-        .iter()
-        .filter_map(|h| Some((h.rule.0, issuer.stamp(h.rule.0)?.0)))
-        .collect();
     let map = |name: &str| enforcer.map_fd(name).map(BpfMap::new);
     Resolver::start(DnsConfig {
-        upstream,
-        timeout: Duration::from_millis(args.dns_timeout),
-        ttl_min: Duration::from_secs(args.dns_ttl_min),
-        ttl_max: Duration::from_secs(args.dns_ttl_max),
-        observe,
+        settings: args.dns_settings(),
         workload,
         // One workload, one policy: its cgroup id is its slot (see confine_and_wait).
-        slot: workload,
-        hosts: compiled.hosts.clone(),
-        codes: dns::rule_codes(compiled),
-        permit_ids,
+        view: dns::View::new(compiled, workload, observe, |rule| issuer.stamp(rule)),
         maps: [map("NET4_RULES")?, map("NET6_RULES")?, map("DNS_REDIRECT")?],
         reports,
     })
@@ -490,22 +501,6 @@ impl Reporter<'_> {
         Ok(())
     }
 
-    /// Whether a refused connect or send fell to the default in a policy that has host rules:
-    /// the address was not obtained through an allowed name (or its answer expired).
-    fn unnamed_address(&self, decided: &Decided) -> bool {
-        !decided.permitted
-            && matches!(
-                decided.operation,
-                Operation::Connect(_) | Operation::Send(_)
-            )
-            && decided.code == Some(Code::NoMatchingRule)
-            && self
-                .compiled
-                .hosts
-                .iter()
-                .any(|h| h.effect == Effect::Permit)
-    }
-
     /// A decision of the workload's resolver.
     fn handle_dns(&mut self, report: DnsReport) -> Result<()> {
         let rule = report
@@ -517,7 +512,7 @@ impl Reporter<'_> {
             eprintln!("{}", report.line(|_| rule.clone()));
         }
         let (effect, code) = match report.outcome {
-            dns::Outcome::Refused => (Effect::Refuse, Code::NameNotAllowed),
+            dns::Outcome::Refused | dns::Outcome::Quarantined => (Effect::Refuse, report.code()),
             dns::Outcome::Observed(_) => (Effect::Permit, Code::Observed),
             _ => (Effect::Permit, report.code()),
         };
@@ -556,12 +551,7 @@ impl Reporter<'_> {
         let described = decided.describe(self.compiled, self.entries, &self.workload);
         if !decided.permitted || self.verbose {
             let mut line = described.line;
-            if self.unnamed_address(&decided) {
-                // The address may well belong to an allowed name: the hint says how to get it.
-                if let Some(open) = line.rfind(')') {
-                    line.insert_str(open, "; not an address of an allowed name");
-                }
-            }
+            dns::hint_unnamed(self.compiled, &decided, &mut line);
             eprintln!("{line}");
         }
         self.audit

@@ -58,6 +58,12 @@ pub fn confine_and_wait(
              pass --standalone to choose the tier"
         );
     }
+    if args.dns_options_given() {
+        bail!(
+            "--dns-*: a bridle daemon is running and resolves this run's host names with the \
+             [resolver] settings of its configuration; pass --standalone to choose them"
+        );
+    }
     let socket = &args.socket;
     let mut written = PolicyFile(None);
     let policy = match &args.policy {

@@ -11,15 +11,22 @@
 //! cgroup = "agents/*"          # a glob over cgroup paths below the cgroup v2 root
 //! policy = "coding-agent"      # policy_dir/coding-agent.toml
 //! mode = "observe"             # optional: overrides the policy's mode for these workloads
+//!
+//! [resolver]                   # the DNS resolver of workloads whose policies name hosts
+//! upstream = "10.0.0.53:53"    # default: the first nameserver of /etc/resolv.conf
+//! timeout = "2s"               # how long the upstream may take before SERVFAIL
+//! ttl_min = "5s"               # answered addresses live at least this long in the kernel
+//! ttl_max = "1h"               # and at most this long
 //! ```
 
-use crate::kernel::tier::ExecTier;
+use crate::{dns, kernel::tier::ExecTier};
 use anyhow::{anyhow, Context, Result};
 use bridle_engine::{duration::parse_duration, Mode};
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 use std::{
     fs,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -40,6 +47,47 @@ pub struct Config {
     /// The exec tier to run instead of the best the kernel offers (only a lower one); read at
     /// start, as the tier's programs are pinned.
     pub exec_tier: Option<ExecTier>,
+    /// The workloads' DNS resolvers.
+    pub resolver: Resolver,
+}
+
+/// The `[resolver]` table: how the resolver of each workload whose policy names hosts reaches
+/// its upstream and bounds the life of the entries it installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolver {
+    /// The upstream server; `None`: the first `nameserver` of /etc/resolv.conf.
+    pub upstream: Option<SocketAddr>,
+    /// How long the upstream may take before the workload gets SERVFAIL.
+    pub timeout: Duration,
+    /// Shortest kernel life of an answered address (shorter TTLs are raised to it).
+    pub ttl_min: Duration,
+    /// Longest kernel life of an answered address.
+    pub ttl_max: Duration,
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        // The defaults of `bridle run`'s --dns-* options.
+        Resolver {
+            upstream: None,
+            timeout: Duration::from_secs(2),
+            ttl_min: Duration::from_secs(5),
+            ttl_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Resolver {
+    /// The settings a resolver runs with now (the system's upstream is read from
+    /// /etc/resolv.conf each time, so a changed one applies at the next start or reload).
+    pub fn settings(&self) -> dns::Settings {
+        dns::Settings {
+            upstream: self.upstream.unwrap_or_else(dns::system_upstream),
+            timeout: self.timeout,
+            ttl_min: self.ttl_min,
+            ttl_max: self.ttl_max,
+        }
+    }
 }
 
 /// One `[[confine]]` entry.
@@ -65,6 +113,16 @@ struct Raw {
     exec_tier: Option<toml::Spanned<String>>,
     #[serde(default)]
     confine: Vec<RawConfine>,
+    resolver: Option<RawResolver>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResolver {
+    upstream: Option<toml::Spanned<String>>,
+    timeout: Option<toml::Spanned<String>>,
+    ttl_min: Option<toml::Spanned<String>>,
+    ttl_max: Option<toml::Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +176,50 @@ impl Config {
                 }
             }),
         };
+        let mut resolver = Resolver::default();
+        if let Some(r) = &raw.resolver {
+            if let Some(u) = &r.upstream {
+                resolver.upstream = Some(parse_upstream(u.get_ref()).ok_or_else(|| {
+                    at(
+                        u.span(),
+                        &format!(
+                            "upstream must be an IP address with an optional port \
+                             (\"10.0.0.53\", \"10.0.0.53:5353\", \"[2001:db8::53]:53\"), not {:?}",
+                            u.get_ref()
+                        ),
+                    )
+                })?);
+            }
+            let duration =
+                |field: &Option<toml::Spanned<String>>, name: &str, into: &mut Duration| {
+                    if let Some(d) = field {
+                        *into = parse_duration(d.get_ref())
+                            .map_err(|e| at(d.span(), &format!("{name}: {e}")))?;
+                    }
+                    Ok::<(), anyhow::Error>(())
+                };
+            duration(&r.timeout, "timeout", &mut resolver.timeout)?;
+            duration(&r.ttl_min, "ttl_min", &mut resolver.ttl_min)?;
+            duration(&r.ttl_max, "ttl_max", &mut resolver.ttl_max)?;
+            if let Some(t) = r.timeout.as_ref().filter(|_| resolver.timeout.is_zero()) {
+                return Err(at(t.span(), "timeout must be longer than zero"));
+            }
+            if resolver.ttl_max < resolver.ttl_min {
+                let span = r
+                    .ttl_max
+                    .as_ref()
+                    .or(r.ttl_min.as_ref())
+                    .map(toml::Spanned::span)
+                    .unwrap_or(0..0);
+                return Err(at(
+                    span,
+                    &format!(
+                        "ttl_max ({:?}) must not be shorter than ttl_min ({:?})",
+                        resolver.ttl_max, resolver.ttl_min
+                    ),
+                ));
+            }
+        }
         let mut confine = Vec::new();
         for c in raw.confine {
             let pattern = c.cgroup.get_ref().trim_start_matches('/').to_owned();
@@ -162,6 +264,7 @@ impl Config {
             scan_interval,
             confine,
             exec_tier,
+            resolver,
         })
     }
 
@@ -174,6 +277,20 @@ impl Config {
     pub fn entry_for(&self, relative: &str) -> Option<&Confine> {
         self.confine.iter().find(|c| c.matcher.is_match(relative))
     }
+}
+
+/// `ip`, `ip:port` or `[v6]:port`; port 53 when none is given.
+fn parse_upstream(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let ip: IpAddr = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text)
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, bridle_common::DNS_PORT))
 }
 
 /// 1-based line and column of a byte offset.
@@ -215,6 +332,65 @@ mod tests {
         assert_eq!(e.policy, "coding-agent");
         assert_eq!(e.mode, Some(Mode::Observe));
         assert!(c.entry_for("other/one").is_none());
+    }
+
+    #[test]
+    fn the_shipped_configuration_parses() {
+        let c = Config::parse(include_str!("../../systemd/bridle.toml"), "bridle.toml")
+            .expect("the shipped bridle.toml");
+        assert_eq!(c.resolver, Resolver::default());
+    }
+
+    #[test]
+    fn resolver_settings_default_and_parse() {
+        let c = Config::parse("", "b.toml").expect("valid");
+        assert_eq!(c.resolver, Resolver::default());
+        assert_eq!(c.resolver.ttl_min, Duration::from_secs(5));
+        let c = Config::parse(
+            "[resolver]\nupstream = \"127.0.0.77:5353\"\ntimeout = \"300ms\"\nttl_min = \"1s\"\nttl_max = \"10m\"\n",
+            "b.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.resolver.upstream,
+            Some("127.0.0.77:5353".parse().expect("addr"))
+        );
+        assert_eq!(c.resolver.timeout, Duration::from_millis(300));
+        assert_eq!(c.resolver.ttl_max, Duration::from_secs(600));
+        assert_eq!(c.resolver.settings().upstream.port(), 5353);
+        for (text, port) in [("10.0.0.53", 53), ("[2001:db8::53]", 53), ("[::1]:54", 54)] {
+            assert_eq!(parse_upstream(text).map(|a| a.port()), Some(port), "{text}");
+        }
+    }
+
+    #[test]
+    fn resolver_errors_name_file_line_and_column() {
+        let err = Config::parse("[resolver]\nupstream = \"dns.example\"\n", "b.toml")
+            .expect_err("a name is no address");
+        assert!(
+            err.to_string()
+                .starts_with("b.toml:2:12: error: upstream must be an IP address"),
+            "{err}"
+        );
+        let err =
+            Config::parse("[resolver]\nttl_min = \"soon\"\n", "b.toml").expect_err("bad duration");
+        assert!(
+            err.to_string().starts_with("b.toml:2:11: error: ttl_min:"),
+            "{err}"
+        );
+        let err = Config::parse("[resolver]\nttl_min = \"1h\"\nttl_max = \"1m\"\n", "b.toml")
+            .expect_err("max below min");
+        assert!(
+            err.to_string()
+                .starts_with("b.toml:3:11: error: ttl_max (60s) must not be shorter"),
+            "{err}"
+        );
+        let err = Config::parse("[resolver]\nretries = 3\n", "b.toml").expect_err("unknown");
+        assert!(
+            err.to_string()
+                .starts_with("b.toml:2:1: error: unknown field `retries`"),
+            "{err}"
+        );
     }
 
     #[test]

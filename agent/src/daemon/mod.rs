@@ -9,6 +9,7 @@
 pub mod config;
 pub mod control;
 mod quarantine;
+mod resolver;
 mod runtime;
 
 use crate::{
@@ -148,6 +149,8 @@ struct Daemon {
     ask_table: AskTable,
     /// Confinements asked for at run time, and configured ones released.
     runtime: Runtime,
+    /// The DNS resolvers of workloads whose policies have host rules.
+    resolvers: resolver::Resolvers,
 }
 
 /// Longest an exec of a workload waits for the engine on the fanotify tier before the fail
@@ -259,6 +262,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         ask,
         ask_table,
         runtime,
+        resolvers: resolver::Resolvers::new(),
     };
     crate::os::on_stop_signals(on_signal)?;
     let (requests_tx, requests) = mpsc::channel();
@@ -306,6 +310,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             daemon.record_ask(decision);
             recorded = true;
         }
+        recorded |= daemon.record_dns();
         // Each batch reaches the disk before the next wait: a daemon killed afterwards loses
         // nothing it had drained (what it had not drained stays in the pinned ring buffer, and
         // an exec refusal is answered only once its record is written).
@@ -342,6 +347,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             next_scan = now + daemon.config.scan_interval;
         }
         daemon.renew_due(now);
+        daemon.sweep_resolvers(now);
         if let Some(every) = watchdog_every {
             if now >= next_ping {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -356,6 +362,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     while let Some(decision) = ask_decisions.try_recv() {
         daemon.record_ask(decision);
     }
+    daemon.stop_resolvers();
     drop(server);
     daemon.audit.close().context("closing the audit trail")?;
     Ok(ExitCode::SUCCESS)
@@ -498,12 +505,11 @@ impl Daemon {
             cgroup_id: id,
             cgroup_path: path.display().to_string(),
         };
-        issuer.issue(
-            &prepared.policy,
-            &prepared.compiled,
-            &subject,
-            entries.rules(),
-        )?;
+        // Host rules have no entries until a name is answered, but the entries the resolver
+        // installs then carry their permits' ids: issue those permits now.
+        let mut rules = entries.rules();
+        rules.extend(prepared.compiled.hosts.iter().map(|h| h.rule.0));
+        issuer.issue(&prepared.policy, &prepared.compiled, &subject, rules)?;
         entries.stamp(|rule| issuer.stamp(rule));
         let default = if prepared.compiled.default == Effect::Permit {
             EFFECT_PERMIT
@@ -526,7 +532,8 @@ impl Daemon {
             ..Workload::default()
         };
         net::set_raw(&mut config, &prepared.compiled);
-        self.enforcer.install(id, config, &entries)?;
+        self.enforcer.write_entries(slot, &entries)?;
+        self.switch_slot(id, config, &prepared.compiled, &issuer)?;
         Ok((entries, config, issuer))
     }
 
@@ -614,6 +621,7 @@ impl Daemon {
             },
         );
         self.sync_ask(id);
+        self.sync_resolver(id);
         if self.ask.is_some() {
             // Processes already in the cgroup: from now on their execs are asked too (those
             // that fork or move in later are recorded by the kernel).
@@ -739,6 +747,7 @@ impl Daemon {
     }
 
     fn release(&mut self, id: u64) {
+        self.stop_resolver(id);
         self.ask_table
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -837,6 +846,7 @@ impl Daemon {
                 }
             }
             self.sync_ask(id);
+            self.sync_resolver(id);
         }
         self.collect();
         self.reconcile();
@@ -860,6 +870,7 @@ impl Daemon {
                 let ttl = w.issuer.ttl();
                 w.entries.stamp(|rule| w.issuer.stamp(rule));
                 self.enforcer.install(id, w.config, &w.entries)?;
+                self.resolvers.restamp(id, |rule| w.issuer.stamp(rule));
                 w.next_renewal = now + (ttl / 2).max(Duration::from_secs(1));
                 Ok(())
             })();
@@ -879,7 +890,9 @@ impl Daemon {
         };
         let described = decided.describe(&w.compiled, &w.entries, &w.path.display().to_string());
         if !decided.permitted {
-            info!(cgroup = %w.path.display(), pid = decided.tgid, "{}", described.line.trim_start_matches("bridle: "));
+            let mut line = described.line.trim_start_matches("bridle: ").to_owned();
+            crate::dns::hint_unnamed(&w.compiled, &decided, &mut line);
+            info!(cgroup = %w.path.display(), pid = decided.tgid, "{line}");
         }
         self.publish(&described.record);
         if let Err(err) = self.audit.append(described.record) {
@@ -983,6 +996,7 @@ impl Daemon {
         w.quarantined = Some(action);
         let path = w.path.display().to_string();
         self.sync_ask(id);
+        self.sync_resolver(id);
         match &outcome {
             Ok(()) => {
                 warn!(cgroup = %path, action = action.as_str(), "quarantined: {}", verdict.reason)
@@ -1022,6 +1036,7 @@ impl Daemon {
             w.quarantined = None;
         }
         self.sync_ask(id);
+        self.sync_resolver(id);
         info!(cgroup = %shown, action = action.as_str(), "quarantine lifted");
         self.collect();
         self.notify_status();
@@ -1150,6 +1165,7 @@ impl Daemon {
             w.ask_engine = p.ask_engine;
         }
         self.sync_ask(id);
+        self.sync_resolver(id);
         Ok(())
     }
 
@@ -1274,8 +1290,9 @@ impl Daemon {
                     "slot": format!("{:016x}", w.config.slot),
                     "exec_entries": w.entries.exec.len(),
                     "address_entries": w.entries.net4.len() + w.entries.net6.len(),
-                    "permits": w.entries.rules().len(),
+                    "permits": w.issuer.issued(),
                     "quarantined": w.quarantined.map(QuarantineAction::as_str),
+                    "resolver": self.resolver_status(*id),
                 })
             })
             .collect();
@@ -1302,6 +1319,7 @@ impl Daemon {
                     None => unix::ENFORCED.to_owned(),
                     Some(why) => unix::not_enforced(why),
                 },
+                "host_names": "a DNS resolver per workload with host rules (its DNS traffic redirected by connect4/6 and sendmsg4/6, replies by recvmsg4/6): refused names get REFUSED, answered addresses become TTL-bound entries before the answer",
             },
             "workloads": workloads,
             "events": {"judged": stats.judged, "refused": stats.refused, "lost": stats.events_lost},

@@ -17,10 +17,14 @@ pub mod permits;
 pub mod upstream;
 pub mod wire;
 
-use crate::{fanotify::bpfmap::BpfMap, issuer::boot_now_ns};
+use crate::{
+    fanotify::bpfmap::BpfMap,
+    issuer::boot_now_ns,
+    kernel::events::{Decided, Operation},
+};
 use anyhow::{Context, Result};
 use bridle_common::{Decision, DnsRedirect, PortRule, EFFECT_PERMIT, EFFECT_REFUSE};
-use bridle_engine::{Code, Compiled, HostEntry};
+use bridle_engine::{Code, Compiled, Effect, HostEntry};
 use hickory_proto::op::ResponseCode;
 use names::NameVerdict;
 use permits::Permits;
@@ -29,8 +33,8 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc, Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc, Arc, Mutex, RwLock,
     },
     thread::JoinHandle,
     time::Duration,
@@ -48,8 +52,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
-/// How the resolver is set up.
-pub struct DnsConfig {
+/// How the resolver reaches its upstream and bounds the life of the entries it installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
     /// The upstream server.
     pub upstream: SocketAddr,
     /// How long to wait for the upstream.
@@ -58,18 +63,74 @@ pub struct DnsConfig {
     pub ttl_min: Duration,
     /// Longest kernel lifetime of an answered address.
     pub ttl_max: Duration,
+}
+
+/// What the resolver judges names by: one policy slot of the workload.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The policy slot the entries go under.
+    pub slot: u64,
     /// Observe mode: forward every name, report the ones that would be refused.
     pub observe: bool,
-    /// The workload's cgroup id.
-    pub workload: u64,
-    /// The workload's policy slot.
-    pub slot: u64,
+    /// A refuse-all quarantine: every name is refused (code `QUARANTINED`), nothing installed.
+    pub quarantined: bool,
     /// The policy's host rules.
     pub hosts: Vec<HostEntry>,
     /// Each rule's verdict code index, by rule index.
     pub codes: Vec<u8>,
-    /// The signed permit id of each host rule, by rule index.
-    pub permit_ids: HashMap<u32, u64>,
+    /// Each rule's name, by rule index.
+    pub rules: Vec<String>,
+    /// The signed permit id and kernel (`CLOCK_BOOTTIME`) expiry of each host rule, by rule
+    /// index.
+    pub stamps: HashMap<u32, (u64, u64)>,
+}
+
+impl View {
+    /// The view of `compiled` under `slot`; `stamp` gives a rule's permit id and expiry
+    /// (`Issuer::stamp`).
+    pub fn new(
+        compiled: &Compiled,
+        slot: u64,
+        observe: bool,
+        stamp: impl Fn(u32) -> Option<(u64, u64)>,
+    ) -> View {
+        View {
+            slot,
+            observe,
+            quarantined: false,
+            hosts: compiled.hosts.clone(),
+            codes: rule_codes(compiled),
+            rules: compiled.rules.iter().map(|r| r.name.clone()).collect(),
+            stamps: compiled
+                .hosts
+                .iter()
+                .filter_map(|h| Some((h.rule.0, stamp(h.rule.0)?)))
+                .collect(),
+        }
+    }
+
+    /// The view of a refuse-all quarantine under `slot`: no name is answered.
+    pub fn refuse_all(slot: u64) -> View {
+        View {
+            slot,
+            observe: false,
+            quarantined: true,
+            hosts: Vec::new(),
+            codes: Vec::new(),
+            rules: Vec::new(),
+            stamps: HashMap::new(),
+        }
+    }
+}
+
+/// How the resolver is set up.
+pub struct DnsConfig {
+    /// Upstream and entry lifetimes.
+    pub settings: Settings,
+    /// The workload's cgroup id.
+    pub workload: u64,
+    /// The policy the names are judged by.
+    pub view: View,
     /// The NET4_RULES, NET6_RULES and DNS_REDIRECT maps.
     pub maps: [BpfMap; 3],
     /// Where decisions go (the reporter and the audit trail).
@@ -84,6 +145,8 @@ pub fn rule_codes(compiled: &Compiled) -> Vec<u8> {
 /// One decision of the resolver.
 #[derive(Debug, Clone)]
 pub struct DnsReport {
+    /// The workload's cgroup id.
+    pub workload: u64,
     /// The name asked, normalised.
     pub name: String,
     /// The record type asked (`A`, `AAAA`, …).
@@ -92,6 +155,10 @@ pub struct DnsReport {
     pub outcome: Outcome,
     /// The deciding rule's index.
     pub rule: Option<u32>,
+    /// The deciding rule's name, in the policy the resolver judged by.
+    pub rule_name: Option<String>,
+    /// The signed permit behind the installed entries (permitted names only).
+    pub permit_id: Option<u64>,
     /// The peer's process id when the transport tells it, else 0.
     pub pid: u32,
     /// Whether the query came over TCP.
@@ -105,6 +172,8 @@ pub enum Outcome {
     Permitted(Vec<IpAddr>),
     /// Answered REFUSED.
     Refused,
+    /// Answered REFUSED: the workload is quarantined (refuse-all).
+    Quarantined,
     /// Observe mode: forwarded, but no rule allows the name; the answer held these addresses.
     Observed(Vec<IpAddr>),
     /// The upstream gave no answer in time: answered SERVFAIL.
@@ -133,6 +202,9 @@ impl DnsReport {
             }
             Outcome::Refused => {
                 format!("bridle: refused {what} (NAME_NOT_ALLOWED{rule}; no permit rule names it)")
+            }
+            Outcome::Quarantined => {
+                format!("bridle: refused {what} (QUARANTINED: the workload is quarantined)")
             }
             Outcome::Observed(_) => format!(
                 "bridle: observed {what} (OBSERVED: would be refused, NAME_NOT_ALLOWED{rule})"
@@ -168,10 +240,30 @@ impl DnsReport {
         match self.outcome {
             Outcome::Permitted(_) => Code::Permitted,
             Outcome::Refused => Code::NameNotAllowed,
+            Outcome::Quarantined => Code::Quarantined,
             Outcome::Observed(_) => Code::Observed,
             // No verdict refused the name; the answer failed. The audit record keeps the
             // name's own verdict.
             Outcome::UpstreamTimeout | Outcome::Failed(_) => Code::Permitted,
+        }
+    }
+}
+
+/// Adds to a refused connect's or send's line (`bridle: refused connect ADDR (CODE…)`) that
+/// the address was not obtained through an allowed name (or its answer expired), when the
+/// refusal fell to the default of a policy with permit host rules: the address may well
+/// belong to an allowed name, and the hint says how to get it.
+pub fn hint_unnamed(compiled: &Compiled, decided: &Decided, line: &mut String) {
+    let unnamed = !decided.permitted
+        && matches!(
+            decided.operation,
+            Operation::Connect(_) | Operation::Send(_)
+        )
+        && decided.code == Some(Code::NoMatchingRule)
+        && compiled.hosts.iter().any(|h| h.effect == Effect::Permit);
+    if unnamed {
+        if let Some(open) = line.rfind(')') {
+            line.insert_str(open, "; not an address of an allowed name");
         }
     }
 }
@@ -202,27 +294,59 @@ pub fn system_upstream() -> SocketAddr {
         ))
 }
 
+/// What one policy slot's answers are judged by and written into; replaced whole when the
+/// workload moves to another slot.
+struct Binding {
+    settings: Settings,
+    view: View,
+    /// `view.stamps`, renewed in place (see [`Resolver::restamp`]).
+    stamps: Mutex<HashMap<u32, (u64, u64)>>,
+    permits: Arc<Permits>,
+}
+
+/// Answers given, by outcome.
+#[derive(Default)]
+struct Counters {
+    permitted: AtomicU64,
+    refused: AtomicU64,
+    observed: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A snapshot of a resolver's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsStats {
+    /// Names answered, their addresses installed.
+    pub permitted: u64,
+    /// Names answered REFUSED.
+    pub refused: u64,
+    /// Observe mode: names that would have been refused.
+    pub observed: u64,
+    /// SERVFAIL answers (upstream silent or unreachable, an entry not written).
+    pub failed: u64,
+    /// Addresses with live DNS entries (an IPv4 answer counts twice: its mapped form too).
+    pub addresses: usize,
+}
+
 struct Shared {
-    upstream: SocketAddr,
-    timeout: Duration,
-    ttl_min: Duration,
-    ttl_max: Duration,
-    observe: bool,
-    hosts: Vec<HostEntry>,
-    codes: Vec<u8>,
-    permit_ids: HashMap<u32, u64>,
-    permits: Permits,
+    workload: u64,
+    /// Held for reading while an answer's entries are written, for writing while the
+    /// workload moves to another slot: no answer is written under a slot the workload left.
+    binding: RwLock<Arc<Binding>>,
     reports: mpsc::Sender<DnsReport>,
+    counters: Counters,
     stop: AtomicBool,
     tcp_open: AtomicUsize,
 }
 
-/// The running resolver. Dropping it stops its threads and removes the workload's redirect.
+/// The running resolver. Dropping it stops its threads and removes the workload's redirect
+/// (unless [`Resolver::keep_redirect`] said otherwise).
 pub struct Resolver {
     shared: Arc<Shared>,
     redirect: DnsRedirect,
     redirect_map: BpfMap,
     workload: u64,
+    keep_redirect: bool,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -232,17 +356,20 @@ impl Resolver {
     pub fn start(config: DnsConfig) -> Result<Resolver> {
         let [net4, net6, redirect_map] = config.maps;
         let (sockets, redirect) = bind()?;
+        let permits = Arc::new(Permits::new(
+            config.view.slot,
+            Arc::new(net4),
+            Arc::new(net6),
+        ));
         let shared = Arc::new(Shared {
-            upstream: config.upstream,
-            timeout: config.timeout,
-            ttl_min: config.ttl_min,
-            ttl_max: config.ttl_max.max(config.ttl_min),
-            observe: config.observe,
-            hosts: config.hosts,
-            codes: config.codes,
-            permit_ids: config.permit_ids,
-            permits: Permits::new(config.slot, net4, net6),
+            workload: config.workload,
+            binding: RwLock::new(Arc::new(Binding::new(
+                config.settings,
+                config.view,
+                permits,
+            ))),
             reports: config.reports,
+            counters: Counters::default(),
             stop: AtomicBool::new(false),
             tcp_open: AtomicUsize::new(0),
         });
@@ -251,6 +378,7 @@ impl Resolver {
             redirect,
             redirect_map,
             workload: config.workload,
+            keep_redirect: false,
             threads: Vec::new(),
         };
         let (tx, rx) =
@@ -308,18 +436,121 @@ impl Resolver {
 
     /// Drops DNS entries whose TTL has passed.
     pub fn sweep(&self) -> Result<()> {
-        self.shared.permits.sweep()
+        self.shared.binding().permits.sweep()
     }
 
-    /// After the policy's own entries were renewed: renews the copies the DNS entries carry.
+    /// After the policy's own entries were renewed: renews the permit ids and expiries the
+    /// DNS entries carry, and those of answers to come.
     pub fn restamp(&self, stamp: impl Fn(u32) -> Option<(u64, u64)>) -> Result<()> {
-        self.shared.permits.restamp(stamp)
+        let binding = self.shared.binding();
+        {
+            let mut stamps = binding
+                .stamps
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (rule, s) in stamps.iter_mut() {
+                if let Some(fresh) = stamp(*rule) {
+                    *s = fresh;
+                }
+            }
+        }
+        binding.permits.restamp(stamp)
+    }
+
+    /// Moves the resolver to another policy slot of its workload: the names answered so far
+    /// are judged by `view` and their addresses written under its slot (whose own entries must
+    /// be in the kernel already), then `switch` points the workload at that slot, and only
+    /// then do answers go by `view`. Answers wait meanwhile, so none is written under a slot
+    /// the workload has left. When `switch` fails nothing changes. Returns how many addresses
+    /// were carried over, or why carrying them failed (the switch happened all the same: the
+    /// workload then resolves its names again).
+    ///
+    /// `view.slot` must be a new slot, or the current one with the same rules (new settings
+    /// or stamps only).
+    pub fn rebind(
+        &self,
+        settings: Settings,
+        view: View,
+        switch: impl FnOnce() -> Result<()>,
+    ) -> Result<std::result::Result<usize, anyhow::Error>> {
+        let mut binding = self
+            .shared
+            .binding
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = view.slot;
+        if slot == binding.permits.slot() {
+            // Same slot: its entries stay where they are.
+            switch()?;
+            let permits = Arc::clone(&binding.permits);
+            let held = permits.addresses();
+            *binding = Arc::new(Binding::new(settings, view, permits));
+            return Ok(Ok(held));
+        }
+        let next = Binding::new(settings, view, Arc::new(binding.permits.for_slot(slot)));
+        let carried = next
+            .permits
+            .carry_from(&binding.permits, |name, ends| next.grants(name, ends));
+        switch()?;
+        *binding = Arc::new(next);
+        Ok(carried)
+    }
+
+    /// Where the workload's DNS traffic goes (the IPv4 address; IPv6 uses ::1 on the same
+    /// port when the host has it).
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(self.redirect.ip4)),
+            self.redirect.port,
+        )
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        self.shared.binding().settings
+    }
+
+    /// The slot answers are written under.
+    pub fn slot(&self) -> u64 {
+        self.shared.binding().view.slot
+    }
+
+    /// Whether every name is refused for a refuse-all quarantine.
+    pub fn quarantined(&self) -> bool {
+        self.shared.binding().view.quarantined
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> DnsStats {
+        let c = &self.shared.counters;
+        DnsStats {
+            permitted: c.permitted.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            observed: c.observed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            addresses: self.shared.binding().permits.addresses(),
+        }
+    }
+
+    /// Tells the resolver's threads to stop, without waiting for them (dropping the resolver
+    /// waits), so that many resolvers stop in the time of one.
+    pub fn signal_stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Leaves the workload's redirect in the kernel when the resolver is dropped: while no
+    /// resolver answers, the workload's DNS queries then go nowhere rather than to the
+    /// address it named.
+    pub fn keep_redirect(&mut self) {
+        self.keep_redirect = true;
     }
 }
 
 impl Drop for Resolver {
     fn drop(&mut self) {
-        let _ = self.redirect_map.delete(&self.workload);
+        if !self.keep_redirect {
+            let _ = self.redirect_map.delete(&self.workload);
+        }
         self.shared.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -436,7 +667,126 @@ fn tcp_serve(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+impl Binding {
+    fn new(settings: Settings, view: View, permits: Arc<Permits>) -> Binding {
+        Binding {
+            settings: Settings {
+                ttl_max: settings.ttl_max.max(settings.ttl_min),
+                ..settings
+            },
+            stamps: Mutex::new(view.stamps.clone()),
+            view,
+            permits,
+        }
+    }
+
+    /// What this binding's policy says about a name (a quarantine allows none).
+    fn judge(&self, name: &str) -> NameVerdict {
+        if self.view.quarantined {
+            return NameVerdict {
+                allowed: false,
+                rule: None,
+                grants: Vec::new(),
+            };
+        }
+        names::judge(&self.view.hosts, name)
+    }
+
+    /// The rule's permit id and kernel expiry.
+    fn stamp(&self, rule: u32) -> Option<(u64, u64)> {
+        self.stamps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&rule)
+            .copied()
+    }
+
+    /// The kernel port rules of an address answered for `name` until `ends_ns`: the
+    /// verdict's grants, each expiring with the answer or its permit, whichever is first.
+    fn port_rules(&self, verdict: &NameVerdict, ends_ns: u64) -> Vec<PortRule> {
+        verdict
+            .grants
+            .iter()
+            .map(|g| {
+                let (permit_id, expires_ns) = match self.stamp(g.rule) {
+                    Some((id, expires)) => (id, expires.min(ends_ns)),
+                    None => (0, ends_ns),
+                };
+                PortRule {
+                    lo: g.lo,
+                    hi: g.hi,
+                    _pad: 0,
+                    decision: Decision {
+                        effect: if g.refuse {
+                            EFFECT_REFUSE
+                        } else {
+                            EFFECT_PERMIT
+                        },
+                        code: self
+                            .view
+                            .codes
+                            .get(g.rule as usize)
+                            .copied()
+                            .unwrap_or(Code::NoMatchingRule.index()),
+                        _pad: [0; 2],
+                        rule: g.rule,
+                        permit_id,
+                        expires_ns,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The port rules a name answered until `ends_ns` gets under this binding; none when the
+    /// name is not allowed (see [`Permits::carry_from`]).
+    fn grants(&self, name: &str, ends_ns: u64) -> Vec<PortRule> {
+        let verdict = self.judge(name);
+        if !verdict.allowed {
+            return Vec::new();
+        }
+        self.port_rules(&verdict, ends_ns)
+    }
+
+    fn install(&self, ip: IpAddr, name: &str, ttl: u32, verdict: &NameVerdict) -> Result<()> {
+        let ttl =
+            Duration::from_secs(u64::from(ttl)).clamp(self.settings.ttl_min, self.settings.ttl_max);
+        let ends_ns = boot_now_ns() + ttl.as_nanos() as u64;
+        let rules = self.port_rules(verdict, ends_ns);
+        let over = self.permits.install(ip, name, ends_ns, &rules)?;
+        if over > 0 {
+            eprintln!(
+                "bridle: warning: {ip}: {over} port rules from host names did not fit the kernel entry (at most {} per address); those ports stay refused",
+                bridle_common::PORT_RULES
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Shared {
+    /// The binding in force (a reference that a concurrent rebind does not change).
+    fn binding(&self) -> Arc<Binding> {
+        Arc::clone(
+            &self
+                .binding
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    fn report(&self, report: DnsReport) {
+        let counter = match report.outcome {
+            Outcome::Permitted(_) => &self.counters.permitted,
+            Outcome::Refused | Outcome::Quarantined => &self.counters.refused,
+            Outcome::Observed(_) => &self.counters.observed,
+            Outcome::UpstreamTimeout | Outcome::Failed(_) => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        // The run loop may be gone at shutdown; the answer still goes out.
+        let _ = self.reports.send(report);
+    }
+
     /// The resolver's answer to one query (None: drop it).
     fn answer(&self, bytes: &[u8], tcp: bool, pid: u32) -> Option<Vec<u8>> {
         let q: Question = match wire::read_query(bytes) {
@@ -445,98 +795,97 @@ impl Shared {
             Err(Malformed::Answer(id, code)) => return Some(wire::bare(id, code)),
         };
         let name = names::normalize(&q.query.name.to_ascii());
-        let verdict = names::judge(&self.hosts, &name);
-        let report = |outcome: Outcome| {
-            // The run loop may be gone at shutdown; the answer still goes out.
-            let _ = self.reports.send(DnsReport {
+        let report = |binding: &Binding, verdict: &NameVerdict, outcome: Outcome| {
+            let permit_id = match (&outcome, verdict.rule) {
+                (Outcome::Permitted(_), Some(rule)) => binding.stamp(rule).map(|(id, _)| id),
+                _ => None,
+            };
+            self.report(DnsReport {
+                workload: self.workload,
                 name: name.clone(),
                 qtype: q.query.query_type.to_string(),
                 outcome,
                 rule: verdict.rule,
+                rule_name: verdict
+                    .rule
+                    .and_then(|r| binding.view.rules.get(r as usize).cloned()),
+                permit_id,
                 pid,
                 tcp,
             });
         };
-        if !verdict.allowed && !self.observe {
-            report(Outcome::Refused);
+        let first = self.binding();
+        let verdict = first.judge(&name);
+        if first.view.quarantined {
+            report(&first, &verdict, Outcome::Quarantined);
+            return Some(wire::answer(&q, ResponseCode::Refused));
+        }
+        if !verdict.allowed && !first.view.observe {
+            report(&first, &verdict, Outcome::Refused);
             return Some(wire::answer(&q, ResponseCode::Refused));
         }
         let servfail = || Some(wire::answer(&q, ResponseCode::ServFail));
+        let upstream = first.settings.upstream;
         let (mut reply, response) =
-            match upstream::exchange(self.upstream, bytes, &q.query, tcp, self.timeout) {
+            match upstream::exchange(upstream, bytes, &q.query, tcp, first.settings.timeout) {
                 Ok(r) => r,
                 Err(upstream::Failure::Timeout) => {
-                    report(Outcome::UpstreamTimeout);
+                    report(&first, &verdict, Outcome::UpstreamTimeout);
                     return servfail();
                 }
                 Err(upstream::Failure::Io(e)) => {
-                    report(Outcome::Failed(format!("upstream {}: {e}", self.upstream)));
+                    report(
+                        &first,
+                        &verdict,
+                        Outcome::Failed(format!("upstream {upstream}: {e}")),
+                    );
                     return servfail();
                 }
             };
+        // The workload may have moved to another policy while the upstream answered: the
+        // name is judged again by the binding the entries are written under, which stays in
+        // force until they are.
+        let guard = self
+            .binding
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let binding: &Binding = &guard;
+        let verdict = binding.judge(&name);
+        if binding.view.quarantined {
+            report(binding, &verdict, Outcome::Quarantined);
+            return Some(wire::answer(&q, ResponseCode::Refused));
+        }
         let mut addrs = Vec::new();
         if verdict.allowed {
             // Every address is in the kernel before the answer leaves: the workload's first
             // connect to it already meets its entry.
             for (ip, ttl) in response.addresses(&q.query.name) {
-                if let Err(e) = self.install(ip, ttl, &verdict) {
-                    report(Outcome::Failed(format!(
-                        "installing the entry for {ip}: {e:#}"
-                    )));
+                if let Err(e) = binding.install(ip, &name, ttl, &verdict) {
+                    report(
+                        binding,
+                        &verdict,
+                        Outcome::Failed(format!("installing the entry for {ip}: {e:#}")),
+                    );
                     return servfail();
                 }
                 addrs.push(ip);
             }
-            report(Outcome::Permitted(addrs));
-        } else {
+            report(binding, &verdict, Outcome::Permitted(addrs));
+        } else if binding.view.observe {
             // What the name would have been permitted as, for `bridle suggest`.
             addrs = response
                 .addresses(&q.query.name)
                 .into_iter()
                 .map(|(ip, _)| ip)
                 .collect();
-            report(Outcome::Observed(addrs));
+            report(binding, &verdict, Outcome::Observed(addrs));
+        } else {
+            report(binding, &verdict, Outcome::Refused);
+            return Some(wire::answer(&q, ResponseCode::Refused));
         }
+        drop(guard);
         wire::set_id(&mut reply, q.id);
         Some(reply)
-    }
-
-    fn install(&self, ip: IpAddr, ttl: u32, verdict: &NameVerdict) -> Result<()> {
-        let ttl = Duration::from_secs(u64::from(ttl)).clamp(self.ttl_min, self.ttl_max);
-        let expires_ns = boot_now_ns() + ttl.as_nanos() as u64;
-        let rules: Vec<PortRule> = verdict
-            .grants
-            .iter()
-            .map(|g| PortRule {
-                lo: g.lo,
-                hi: g.hi,
-                _pad: 0,
-                decision: Decision {
-                    effect: if g.refuse {
-                        EFFECT_REFUSE
-                    } else {
-                        EFFECT_PERMIT
-                    },
-                    code: self
-                        .codes
-                        .get(g.rule as usize)
-                        .copied()
-                        .unwrap_or(Code::NoMatchingRule.index()),
-                    _pad: [0; 2],
-                    rule: g.rule,
-                    permit_id: self.permit_ids.get(&g.rule).copied().unwrap_or(0),
-                    expires_ns,
-                },
-            })
-            .collect();
-        let over = self.permits.install(ip, &rules)?;
-        if over > 0 {
-            eprintln!(
-                "bridle: warning: {ip}: {over} port rules from host names did not fit the kernel entry (at most {} per address); those ports stay refused",
-                bridle_common::PORT_RULES
-            );
-        }
-        Ok(())
     }
 }
 

@@ -8,13 +8,22 @@
 //! base refusals, DNS refusals, base permits, DNS permits, in that order. A DNS permit that
 //! expires in the kernel counts as absent and the lookup falls to the default, which is right
 //! because every static port rule comes before it.
+//!
+//! A DNS rule's kernel expiry is the earlier of its answer's TTL and its permit's expiry, so a
+//! daemon that stops renewing lets name-derived entries lapse with the policy's own. The table
+//! remembers which names each address was answered for: a new policy slot (a reload) judges
+//! those names again and gets entries only for what its policy still allows.
 
 use crate::{fanotify::bpfmap::BpfMap, issuer::boot_now_ns};
 use anyhow::{Context, Result};
 use bridle_common::{
     Net4Key, Net6Key, PortRule, PortRules, EFFECT_PERMIT, NET_KEY_SLOT_BITS, PORT_RULES,
 };
-use std::{collections::HashMap, net::IpAddr, sync::Mutex};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
 
 /// The layout of an LPM-trie key (`struct bpf_lpm_trie_key`): prefix length, then data.
 #[repr(C)]
@@ -31,25 +40,37 @@ enum Addr {
     V6([u8; 16]),
 }
 
+/// One DNS port rule and the end of the answer it came from.
+#[derive(Debug, Clone, Copy)]
+struct Granted {
+    /// The kernel copy; `decision.expires_ns` is the earlier of `ends_ns` and the permit's
+    /// expiry.
+    rule: PortRule,
+    /// When the answer's TTL ends (`CLOCK_BOOTTIME` ns).
+    ends_ns: u64,
+}
+
 #[derive(Debug)]
 struct Held {
     /// What the policy's own entries say about the address (None: nothing covers it).
     base: Option<PortRules>,
-    /// The DNS port rules; `decision.expires_ns` is the end of each one's TTL.
-    grants: Vec<PortRule>,
+    /// The DNS port rules.
+    grants: Vec<Granted>,
+    /// The names answered with this address, and when each answer ends.
+    names: HashMap<String, u64>,
 }
 
 /// The resolver's entries in the kernel, for one workload slot.
 pub struct Permits {
     slot: u64,
-    net4: BpfMap,
-    net6: BpfMap,
+    net4: Arc<BpfMap>,
+    net6: Arc<BpfMap>,
     held: Mutex<HashMap<Addr, Held>>,
 }
 
 impl Permits {
     /// A table writing under `slot` into the NET4_RULES and NET6_RULES maps.
-    pub fn new(slot: u64, net4: BpfMap, net6: BpfMap) -> Permits {
+    pub fn new(slot: u64, net4: Arc<BpfMap>, net6: Arc<BpfMap>) -> Permits {
         Permits {
             slot,
             net4,
@@ -58,13 +79,39 @@ impl Permits {
         }
     }
 
-    /// Installs `grants` for `ip` (and its IPv4-mapped form), merging with what is there. The
-    /// kernel has them when this returns. Returns how many grants did not fit.
-    pub fn install(&self, ip: IpAddr, grants: &[PortRule]) -> Result<usize> {
-        let mut held = self
-            .held
+    /// An empty table for another slot of the same workload, on the same maps.
+    pub fn for_slot(&self, slot: u64) -> Permits {
+        Permits::new(slot, Arc::clone(&self.net4), Arc::clone(&self.net6))
+    }
+
+    /// The slot this table writes under.
+    pub fn slot(&self) -> u64 {
+        self.slot
+    }
+
+    /// How many addresses (IPv4-mapped forms counted apart) have DNS entries.
+    pub fn addresses(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Addr, Held>> {
+        self.held
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Installs `grants` for `ip` (and its IPv4-mapped form), answered for `name` until
+    /// `ends_ns`, merging with what is there. Each grant's `expires_ns` must already be the
+    /// earlier of `ends_ns` and its permit's expiry. The kernel has them when this returns.
+    /// Returns how many grants did not fit.
+    pub fn install(
+        &self,
+        ip: IpAddr,
+        name: &str,
+        ends_ns: u64,
+        grants: &[PortRule],
+    ) -> Result<usize> {
+        let mut held = self.lock();
         let now = boot_now_ns();
         let mut dropped = 0;
         for addr in keys(ip) {
@@ -75,18 +122,14 @@ impl Permits {
                     held.entry(addr).or_insert(Held {
                         base,
                         grants: Vec::new(),
+                        names: HashMap::new(),
                     })
                 }
             };
-            h.grants.retain(|g| g.decision.expires_ns > now);
-            for g in grants {
-                match h.grants.iter_mut().find(|o| same(o, g)) {
-                    Some(o) => {
-                        o.decision.expires_ns = o.decision.expires_ns.max(g.decision.expires_ns)
-                    }
-                    None => h.grants.push(*g),
-                }
-            }
+            h.grants.retain(|g| g.rule.decision.expires_ns > now);
+            merge(&mut h.grants, grants, ends_ns);
+            let end = h.names.entry(name.to_owned()).or_insert(ends_ns);
+            *end = (*end).max(ends_ns);
             let (rules, over) = compose(h);
             dropped = dropped.max(over);
             self.write(addr, &rules)?;
@@ -94,18 +137,59 @@ impl Permits {
         Ok(dropped)
     }
 
+    /// Writes, under this (new, empty) table's slot, the entries `old` holds for names that
+    /// are still answered: `regrant` judges each name again (with the end of its answer) and
+    /// returns its port rules under the new policy, none when the name is no longer allowed.
+    /// The new slot's own entries must be in the kernel already: they are the new base.
+    /// Returns how many addresses were carried over.
+    pub fn carry_from(
+        &self,
+        old: &Permits,
+        regrant: impl Fn(&str, u64) -> Vec<PortRule>,
+    ) -> Result<usize> {
+        let before = old.lock();
+        let mut held = self.lock();
+        let now = boot_now_ns();
+        for (addr, h) in before.iter() {
+            let mut grants = Vec::new();
+            let mut names = HashMap::new();
+            for (name, ends) in h.names.iter().filter(|(_, e)| **e > now) {
+                let rules = regrant(name, *ends);
+                if rules.is_empty() {
+                    continue;
+                }
+                merge(&mut grants, &rules, *ends);
+                names.insert(name.clone(), *ends);
+            }
+            grants.retain(|g| g.rule.decision.expires_ns > now);
+            if grants.is_empty() {
+                continue;
+            }
+            let base = self
+                .lookup(*addr)
+                .context("reading the address's entry in the new slot")?;
+            let h = Held {
+                base,
+                grants,
+                names,
+            };
+            let (rules, _) = compose(&h);
+            self.write(*addr, &rules)?;
+            held.insert(*addr, h);
+        }
+        Ok(held.len())
+    }
+
     /// Removes DNS rules whose TTL has passed (the kernel already ignores expired permits;
     /// this keeps the maps small and lets refusals from names lapse too).
     pub fn sweep(&self) -> Result<()> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self.lock();
         let now = boot_now_ns();
         let mut gone = Vec::new();
         for (addr, h) in held.iter_mut() {
+            h.names.retain(|_, ends| *ends > now);
             let before = h.grants.len();
-            h.grants.retain(|g| g.decision.expires_ns > now);
+            h.grants.retain(|g| g.rule.decision.expires_ns > now);
             if h.grants.len() == before {
                 continue;
             }
@@ -126,13 +210,11 @@ impl Permits {
         Ok(())
     }
 
-    /// Gives the copied policy rules the renewed permit ids and expiries (`stamp` maps a rule
-    /// index to them), after the policy's own entries were renewed, and rewrites the entries.
+    /// Gives the copied policy rules and the DNS rules the renewed permit ids and expiries
+    /// (`stamp` maps a rule index to them; a DNS rule never outlives its answer), after the
+    /// policy's own entries were renewed, and rewrites the entries.
     pub fn restamp(&self, stamp: impl Fn(u32) -> Option<(u64, u64)>) -> Result<()> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self.lock();
         for (addr, h) in held.iter_mut() {
             if let Some(base) = &mut h.base {
                 let len = base.len as usize;
@@ -141,6 +223,12 @@ impl Permits {
                         r.decision.permit_id = id;
                         r.decision.expires_ns = expires;
                     }
+                }
+            }
+            for g in &mut h.grants {
+                if let Some((id, expires)) = stamp(g.rule.decision.rule) {
+                    g.rule.decision.permit_id = id;
+                    g.rule.decision.expires_ns = expires.min(g.ends_ns);
                 }
             }
             let (rules, _) = compose(h);
@@ -208,6 +296,20 @@ fn keys(ip: IpAddr) -> Vec<Addr> {
     }
 }
 
+/// Adds `rules` (from an answer ending at `ends_ns`) to `grants`; a rule already there keeps
+/// the later expiry and end.
+fn merge(grants: &mut Vec<Granted>, rules: &[PortRule], ends_ns: u64) {
+    for r in rules {
+        match grants.iter_mut().find(|o| same(&o.rule, r)) {
+            Some(o) => {
+                o.rule.decision.expires_ns = o.rule.decision.expires_ns.max(r.decision.expires_ns);
+                o.ends_ns = o.ends_ns.max(ends_ns);
+            }
+            None => grants.push(Granted { rule: *r, ends_ns }),
+        }
+    }
+}
+
 fn same(a: &PortRule, b: &PortRule) -> bool {
     a.lo == b.lo
         && a.hi == b.hi
@@ -222,12 +324,13 @@ fn compose(h: &Held) -> (PortRules, usize) {
         None => &[],
     };
     let permit = |r: &&PortRule| r.decision.effect == EFFECT_PERMIT;
+    let dns: Vec<PortRule> = h.grants.iter().map(|g| g.rule).collect();
     let ordered = base
         .iter()
         .filter(|r| !permit(r))
-        .chain(h.grants.iter().filter(|r| !permit(r)))
+        .chain(dns.iter().filter(|r| !permit(r)))
         .chain(base.iter().filter(permit))
-        .chain(h.grants.iter().filter(permit));
+        .chain(dns.iter().filter(permit));
     let mut out = PortRules::default();
     let mut over = 0;
     for r in ordered {
@@ -259,6 +362,13 @@ mod tests {
         }
     }
 
+    fn granted(rules: impl IntoIterator<Item = PortRule>) -> Vec<Granted> {
+        rules
+            .into_iter()
+            .map(|rule| Granted { rule, ends_ns: 0 })
+            .collect()
+    }
+
     #[test]
     fn static_rules_come_first_and_refusals_lead() {
         let mut base = PortRules::default();
@@ -267,10 +377,11 @@ mod tests {
         base.len = 2;
         let h = Held {
             base: Some(base),
-            grants: vec![
+            grants: granted([
                 rule(443, 443, EFFECT_PERMIT, 2),
                 rule(80, 80, EFFECT_REFUSE, 3),
-            ],
+            ]),
+            names: HashMap::new(),
         };
         let (out, over) = compose(&h);
         assert_eq!(over, 0);
@@ -285,13 +396,26 @@ mod tests {
     fn overflow_is_counted() {
         let h = Held {
             base: None,
-            grants: (0..PORT_RULES as u16 + 2)
-                .map(|p| rule(p, p, EFFECT_PERMIT, 0))
-                .collect(),
+            grants: granted((0..PORT_RULES as u16 + 2).map(|p| rule(p, p, EFFECT_PERMIT, 0))),
+            names: HashMap::new(),
         };
         let (out, over) = compose(&h);
         assert_eq!(out.len as usize, PORT_RULES);
         assert_eq!(over, 2);
+    }
+
+    #[test]
+    fn a_repeated_answer_extends_its_rule_and_keeps_one_copy() {
+        let mut grants = Vec::new();
+        let mut first = rule(443, 443, EFFECT_PERMIT, 2);
+        first.decision.expires_ns = 10;
+        merge(&mut grants, &[first], 10);
+        let mut again = first;
+        again.decision.expires_ns = 30;
+        merge(&mut grants, &[again, rule(80, 80, EFFECT_REFUSE, 3)], 40);
+        assert_eq!(grants.len(), 2);
+        assert_eq!(grants[0].rule.decision.expires_ns, 30);
+        assert_eq!(grants[0].ends_ns, 40);
     }
 
     #[test]

@@ -221,6 +221,14 @@ impl Enforcer {
         config: Workload,
         entries: &KernelEntries,
     ) -> Result<()> {
+        self.write_entries(config.slot, entries)?;
+        self.point(workload, config)
+    }
+
+    /// Writes a policy slot's entries, which no workload judges by until [`Enforcer::point`]
+    /// points one at `slot` (the first half of [`Enforcer::install`], for callers that write
+    /// more under the slot before the switch: the DNS resolver's answers).
+    pub fn write_entries(&mut self, slot: u64, entries: &KernelEntries) -> Result<()> {
         {
             let mut exec: HashMap<&mut MapData, ExecKey, Decision> =
                 map(&mut self.objects, "EXEC_RULES")?;
@@ -245,7 +253,7 @@ impl Enforcer {
                 let key = Key::new(
                     NET_KEY_SLOT_BITS + u32::from(*prefix),
                     Net4Key {
-                        slot: config.slot.to_ne_bytes(),
+                        slot: slot.to_ne_bytes(),
                         addr: *addr,
                     },
                 );
@@ -260,7 +268,7 @@ impl Enforcer {
                 let key = Key::new(
                     NET_KEY_SLOT_BITS + u32::from(*prefix),
                     Net6Key {
-                        slot: config.slot.to_ne_bytes(),
+                        slot: slot.to_ne_bytes(),
                         addr: *addr,
                     },
                 );
@@ -278,6 +286,12 @@ impl Enforcer {
                     .with_context(|| format!("writing unix-socket entry {key:?}"))?;
             }
         }
+        Ok(())
+    }
+
+    /// Points `workload` at the policy slot `config.slot` in one map update: from then on the
+    /// programs judge it by that slot's entries and `config`'s defaults.
+    pub fn point(&mut self, workload: u64, config: Workload) -> Result<()> {
         let mut workloads: HashMap<&mut MapData, u64, Workload> =
             map(&mut self.objects, "WORKLOADS")?;
         workloads
