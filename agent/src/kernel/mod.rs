@@ -66,6 +66,8 @@ pub struct Enforcer {
     tier_links: Vec<tier::TierLink>,
     /// The exec tier in place.
     exec_tier: tier::ExecTier,
+    /// The kernel's BTF, parsed once by [`Enforcer::load`] (absent for adopted pins).
+    btf: Option<aya::Btf>,
     /// The unix-socket hooks, loaded outside aya (see [`unix`]), or why they are missing.
     unix: unix::UnixState,
 }
@@ -151,7 +153,10 @@ impl Enforcer {
     /// Loads the object and the exec hook (kill-on-exec tier). Nothing is attached to a cgroup
     /// yet, and the hook ignores every task until a workload is installed.
     pub fn load() -> Result<Enforcer> {
-        let mut ebpf = Ebpf::load(OBJECT).context(
+        // Parsed once (it is megabytes) for every load that relocates against it.
+        let btf = aya::Btf::from_sys_fs()
+            .context("reading the kernel's BTF at /sys/kernel/btf/vmlinux")?;
+        let mut ebpf = aya::EbpfLoader::new().btf(Some(&btf)).load(OBJECT).context(
             "loading bridle's eBPF object (needs root, a kernel with BTF at /sys/kernel/btf/vmlinux, and BPF enabled)",
         )?;
         let exec: &mut RawTracePoint = program(&mut ebpf, "exec_guard")?;
@@ -170,12 +175,13 @@ impl Enforcer {
             programs: BTreeMap::new(),
         };
         // Loaded for real: where the kernel lacks the hooks this is how we find out.
-        let unix = unix::UnixState::load(OBJECT, &|name| objects.map_fd(name));
+        let unix = unix::UnixState::load(OBJECT, &btf, &|name| objects.map_fd(name));
         Ok(Enforcer {
             objects,
             exec_link: Some(exec_link),
             tier_links: Vec::new(),
             exec_tier: tier::ExecTier::Kill,
+            btf: Some(btf),
             unix,
         })
     }

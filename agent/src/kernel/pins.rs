@@ -193,6 +193,7 @@ impl Enforcer {
             exec_link: None,
             tier_links: Vec::new(),
             exec_tier,
+            btf: None,
             unix,
         }))
     }
@@ -294,7 +295,8 @@ fn adopt_unix(dir: &Path, objects: &Objects) -> Result<UnixState> {
     if let Some(state) = UnixState::from_pins(&programs)? {
         return Ok(state);
     }
-    let mut state = UnixState::load(OBJECT, &|name| objects.map_fd(name));
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let mut state = UnixState::load(OBJECT, &btf, &|name| objects.map_fd(name));
     if let Some(hooks) = state.hooks() {
         hooks.pin(&programs)?;
     }

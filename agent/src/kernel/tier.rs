@@ -114,10 +114,14 @@ impl Enforcer {
     }
 
     fn probe_lsm(&mut self) -> Result<()> {
-        let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
+        let btf = match self.btf.take() {
+            Some(btf) => btf,
+            None => Btf::from_sys_fs().context("reading the kernel BTF")?,
+        };
         let prog: &mut Lsm = program(&mut self.objects, LSM_PROGRAM)?;
-        prog.load("bprm_check_security", &btf)
-            .context("the kernel refused the BPF LSM program")?;
+        let loaded = prog.load("bprm_check_security", &btf);
+        self.btf = Some(btf);
+        loaded.context("the kernel refused the BPF LSM program")?;
         // Loaded is not running: the hook only runs when bpf is an active LSM.
         let list = active_lsms()?;
         if !list.split(',').any(|l| l.trim() == "bpf") {

@@ -79,8 +79,12 @@ pub enum UnixState {
 
 impl UnixState {
     /// Loads the programs from `object` with the maps `map_fd` names, or says why not.
-    pub fn load<'m>(object: &[u8], map_fd: &dyn Fn(&str) -> Option<BorrowedFd<'m>>) -> UnixState {
-        match load(object, map_fd) {
+    pub fn load<'m>(
+        object: &[u8],
+        btf: &Btf,
+        map_fd: &dyn Fn(&str) -> Option<BorrowedFd<'m>>,
+    ) -> UnixState {
+        match load(object, btf, map_fd) {
             Ok(programs) => UnixState::Enforced(UnixHooks {
                 programs,
                 links: BTreeMap::new(),
@@ -169,15 +173,15 @@ impl UnixHooks {
 /// them for their unix attach types.
 fn load<'m>(
     object: &[u8],
+    btf: &Btf,
     map_fd: &dyn Fn(&str) -> Option<BorrowedFd<'m>>,
 ) -> Result<Vec<(&'static str, u32, OwnedFd)>> {
-    let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
     let kfunc = btf
         .id_by_type_name_kind(KFUNC_NAME, BtfKind::Func)
         .map_err(|_| anyhow!("the kernel has no kfunc {KFUNC_NAME}"))?;
     let mut obj = Object::parse(object).context("parsing bridle's eBPF object")?;
     // CO-RE first, over the whole object: its relocation records name every section.
-    obj.relocate_btf(&btf)
+    obj.relocate_btf(btf)
         .context("relocating the unix programs against the kernel BTF")?;
     // As aya's loader: every section with code counts as text for relocation purposes.
     let text: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
