@@ -37,6 +37,7 @@ pub(crate) mod b64;
 pub mod clock;
 pub(crate) mod fsutil;
 pub mod keys;
+pub mod merkle;
 pub mod permit;
 pub mod store;
 
