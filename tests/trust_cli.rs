@@ -4,7 +4,8 @@ use bridle_tests::bridle_bin;
 use bridle_trust::audit::{AuditConfig, AuditWriter, RecordFields};
 use bridle_trust::clock::now_ns;
 use bridle_trust::{
-    Code, Effect, KeyStore, ManualClock, Permit, PermitStore, PolicyRef, SignedPermit, Subject,
+    Code, Effect, KeyStore, ManualClock, Permit, PermitBatch, PermitStore, PolicyRef, SignedPermit,
+    Subject,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -86,8 +87,10 @@ fn fields(i: u64) -> RecordFields {
     }
 }
 
-/// A state directory with a rotated key, two permits (one per key) and a 12-record trail with
-/// records one second apart from T0.
+/// A state directory with a rotated key, a permit signed alone by the old key (as earlier
+/// versions stored permits), a batch of two permits (0x22, 0x33) signed by the new key, and a
+/// 12-record trail with records one second apart from T0. The files: the old permit's, the
+/// batch's.
 fn populated_state() -> (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
@@ -104,11 +107,13 @@ fn populated_state() -> (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
     assert!(text(&out).0.contains("rotated"), "{:?}", text(&out));
     let new = Arc::new(keys.load_current().unwrap());
     assert_ne!(old.key_id(), new.key_id());
-    files.push(
-        store
-            .insert(&permit(0x22, "/usr/bin/make").sign(&new))
-            .unwrap(),
+    let batch = PermitBatch::sign(
+        0xb1,
+        now_ns() - SEC,
+        vec![permit(0x22, "/usr/bin/make"), permit(0x33, "/usr/bin/cc")],
+        &new,
     );
+    files.push(store.insert_batch(&batch).unwrap());
 
     let clock = ManualClock::new(T0);
     let cfg = AuditConfig {
@@ -134,14 +139,23 @@ fn keys_permits_and_audit_verify_on_the_host() {
 
     let out = bridle(&state, &["permits", "list"]);
     let (stdout, _) = text(&out);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
     assert!(
         stdout.contains("0000000000000011") && stdout.contains("/usr/bin/make"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("batch=00000000000000b1"))
+            .count()
+            == 2,
         "{stdout}"
     );
 
     let out = bridle(&state, &["permits", "verify"]);
     assert_eq!(code(&out), 0, "{:?}", text(&out));
-    assert!(text(&out).0.contains("2 permit(s) verified, 0 failed"));
+    assert!(text(&out).0.contains("3 permit(s) verified, 0 failed"));
 
     let out = bridle(&state, &["audit", "verify"]);
     assert_eq!(code(&out), 0, "{:?}", text(&out));
@@ -156,14 +170,28 @@ fn keys_permits_and_audit_verify_on_the_host() {
 #[test]
 fn a_tampered_permit_store_fails_verification_naming_the_file() {
     let (_tmp, state, files) = populated_state();
-    let mut p: SignedPermit = SignedPermit::from_json(&std::fs::read(&files[1]).unwrap()).unwrap();
+    // A permit signed alone, edited.
+    let mut p: SignedPermit = SignedPermit::from_json(&std::fs::read(&files[0]).unwrap()).unwrap();
     p.permit.object = "/usr/bin/nc".into();
-    std::fs::write(&files[1], p.to_json()).unwrap();
+    std::fs::write(&files[0], p.to_json()).unwrap();
+    // One permit of the batch, edited in its file: only that one fails.
+    let batch = std::fs::read_to_string(&files[1]).unwrap();
+    std::fs::write(&files[1], batch.replace("/usr/bin/make", "/usr/bin/nc")).unwrap();
     let out = bridle(&state, &["permits", "verify"]);
     assert_eq!(code(&out), 1);
-    let (_, stderr) = text(&out);
-    assert!(stderr.contains(&files[1].display().to_string()), "{stderr}");
-    assert!(stderr.contains("changed after it was signed"), "{stderr}");
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stdout.contains("1 permit(s) verified, 2 failed"),
+        "{stdout}"
+    );
+    for f in &files {
+        assert!(stderr.contains(&f.display().to_string()), "{stderr}");
+    }
+    assert_eq!(
+        stderr.matches("changed after it was signed").count(),
+        2,
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -198,11 +226,62 @@ fn offline_verification_uses_only_the_exported_bundle() {
             ],
         )
     };
-    for f in &files {
-        let out = verify(&copy.join(f.file_name().unwrap()));
-        assert_eq!(code(&out), 0, "{:?}", text(&out));
-        assert!(text(&out).0.starts_with("OK: permit"));
-    }
+    let out = verify(&copy.join(files[0].file_name().unwrap()));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert!(text(&out).0.starts_with("OK: permit"));
+    let batch = copy.join(files[1].file_name().unwrap());
+    let out = verify(&batch);
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert!(
+        text(&out)
+            .0
+            .starts_with("OK: batch 00000000000000b1: 2 permit(s)"),
+        "{:?}",
+        text(&out)
+    );
+    // One permit of the batch, shown alone, verifies on its own: header and inclusion proof.
+    let alone = copy.join("permit-33.json");
+    let out = bridle(
+        &state,
+        &["permits", "show", "33", "--out", alone.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let out = verify(&alone);
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert!(
+        text(&out)
+            .0
+            .starts_with("OK: permit 0000000000000033 (permit exec /usr/bin/cc)"),
+        "{:?}",
+        text(&out)
+    );
+    assert!(text(&out)
+        .0
+        .contains("in batch 00000000000000b1, leaf 1 of 2"));
+    let mut shown: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&alone).unwrap()).unwrap();
+    shown["batch"]["path"][0] = serde_json::json!("00".repeat(32));
+    std::fs::write(&alone, serde_json::to_vec(&shown).unwrap()).unwrap();
+    let out = verify(&alone);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out).1.contains("inclusion proof"), "{:?}", text(&out));
+    let out = bridle(&state, &["permits", "show", "44"]);
+    assert_eq!(code(&out), 1);
+    // The batch's lines reordered: the moved permits are named.
+    let content = std::fs::read_to_string(&batch).unwrap();
+    let mut lines: Vec<&str> = content.lines().collect();
+    lines.swap(1, 2);
+    std::fs::write(&batch, lines.join("\n") + "\n").unwrap();
+    let out = verify(&batch);
+    assert_eq!(code(&out), 1);
+    let (stdout, stderr) = text(&out);
+    assert!(stdout.contains("2 of 2 permit(s)"), "{stdout}");
+    assert_eq!(
+        stderr.matches("the batch was reordered").count(),
+        2,
+        "{stderr}"
+    );
+
     let out = verify(&copy.join("audit"));
     assert_eq!(code(&out), 0, "{:?}", text(&out));
     let segment = copy.join("audit").join("audit-00000001.jsonl");

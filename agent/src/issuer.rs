@@ -5,11 +5,21 @@
 //! and expiry. A permit is signed and stored before its entries reach the kernel, so every
 //! kernel decision traces back to a signed record. Decisions by the policy's `default` come
 //! from the workload entry itself and carry no permit.
+//!
+//! Each issuance and each renewal signs its permits as one batch (one hybrid signature over the
+//! Merkle root of the permits, `bridle_trust::batch`) stored in one file; a renewal stores the
+//! new batch before it removes the ones it replaces, so a crash in between leaves both, and the
+//! older one lapses and is pruned.
 
 use anyhow::{Context, Result};
-use bridle_engine::{Compiled, Policy, RuleMatcher};
-use bridle_trust::{KeyPair, KeyStore, Permit, PermitStore, PolicyRef, SignedPermit, Subject};
-use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
+use bridle_engine::{Compiled, CompiledRule, Policy, Rule, RuleMatcher};
+use bridle_trust::{KeyPair, KeyStore, Permit, PermitBatch, PermitStore, PolicyRef, Subject};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 /// Signs and stores the permits of one workload.
 pub struct Issuer {
@@ -17,7 +27,9 @@ pub struct Issuer {
     store: PermitStore,
     ttl: Duration,
     /// The live permits by rule index.
-    permits: BTreeMap<u32, SignedPermit>,
+    permits: BTreeMap<u32, Permit>,
+    /// The stored batches that hold them.
+    batches: Vec<u64>,
 }
 
 /// Unix time in nanoseconds.
@@ -37,27 +49,21 @@ pub fn boot_now_ns() -> u64 {
 
 impl Issuer {
     /// Opens the state directory's keys (generating them on first use) and permit store, and
-    /// drops stored permits that have expired.
+    /// drops stored permits and batches that have expired.
     pub fn open(state_dir: &Path, ttl: Duration) -> Result<Issuer> {
         let now = unix_now_ns();
         let key = KeyStore::new(state_dir)
             .load_or_generate(now)
             .with_context(|| format!("loading the permit keys under {}", state_dir.display()))?;
         let store = PermitStore::new(state_dir);
-        if let Ok(listed) = store.list() {
-            for entry in listed {
-                if let Ok(permit) = &entry.permit {
-                    if permit.permit.expires_at <= now {
-                        let _ = store.remove(permit.permit.id);
-                    }
-                }
-            }
-        }
+        // Best effort: what is left expires anyway and is pruned next time.
+        let _ = store.prune_expired(now);
         Ok(Issuer {
             key: Arc::new(key),
             store,
             ttl,
             permits: BTreeMap::new(),
+            batches: Vec::new(),
         })
     }
 
@@ -71,7 +77,8 @@ impl Issuer {
         self.ttl
     }
 
-    /// Issues a permit for each rule index in `rules`, for `subject`.
+    /// Issues a permit for each rule index in `rules`, for `subject`: all of them signed as one
+    /// batch and stored in one file before this returns.
     pub fn issue(
         &mut self,
         policy: &Policy,
@@ -84,15 +91,21 @@ impl Issuer {
             version: policy.version,
             digest: policy.digest_hex(),
         };
+        let by_name: HashMap<&str, &Rule> =
+            policy.rules.iter().map(|r| (r.name.as_str(), r)).collect();
         let now = unix_now_ns();
-        for index in rules {
-            let Some(rule) = compiled.rules.get(index as usize) else {
-                continue;
-            };
-            let (action, object) = policy
-                .rules
-                .iter()
-                .find(|r| r.name == rule.name)
+        let rules: Vec<(u32, &CompiledRule)> = rules
+            .into_iter()
+            .filter_map(|index| Some((index, compiled.rules.get(index as usize)?)))
+            .collect();
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let ids = Permit::new_ids(rules.len()).context("drawing permit ids")?;
+        let mut issued = Vec::with_capacity(rules.len());
+        for ((index, rule), id) in rules.into_iter().zip(ids) {
+            let (action, object) = by_name
+                .get(rule.name.as_str())
                 .map(|r| match &r.matcher {
                     RuleMatcher::Exec(patterns) => (
                         "exec",
@@ -113,7 +126,7 @@ impl Issuer {
                 })
                 .unwrap_or(("unknown", String::new()));
             let permit = Permit {
-                id: Permit::new_id().context("drawing a permit id")?,
+                id,
                 policy: policy_ref.clone(),
                 subject: subject.clone(),
                 action: action.to_owned(),
@@ -124,30 +137,55 @@ impl Issuer {
                 issued_at: now,
                 expires_at: now + self.ttl.as_nanos() as u64,
                 key_id: String::new(),
-            }
-            .sign(&self.key);
-            self.store
-                .insert(&permit)
-                .with_context(|| format!("storing the permit for rule {}", rule.name))?;
-            self.permits.insert(index, permit);
+            };
+            issued.push((index, permit));
+        }
+        let (indexes, permits): (Vec<u32>, Vec<Permit>) = issued.into_iter().unzip();
+        let batch = self.sign_and_store(now, permits)?;
+        self.batches.push(batch.header.id);
+        for (index, entry) in indexes.into_iter().zip(batch.entries) {
+            self.permits.insert(index, entry.permit);
         }
         Ok(())
     }
 
-    /// Re-signs every live permit with a fresh expiry (same ids) and stores it.
+    /// Re-signs every live permit with a fresh expiry (same ids) as one new batch, stores it,
+    /// then removes the batches it replaces.
     pub fn renew(&mut self) -> Result<()> {
+        if self.permits.is_empty() {
+            return Ok(());
+        }
         let now = unix_now_ns();
-        for permit in self.permits.values_mut() {
-            let mut fresh = permit.permit.clone();
-            fresh.issued_at = now;
-            fresh.expires_at = now + self.ttl.as_nanos() as u64;
-            let signed = fresh.sign(&self.key);
-            self.store
-                .replace(&signed)
-                .with_context(|| format!("renewing permit {:016x}", signed.permit.id))?;
-            *permit = signed;
+        let expires_at = now + self.ttl.as_nanos() as u64;
+        let fresh: Vec<Permit> = self
+            .permits
+            .values()
+            .map(|p| Permit {
+                issued_at: now,
+                expires_at,
+                ..p.clone()
+            })
+            .collect();
+        let batch = self
+            .sign_and_store(now, fresh)
+            .context("renewing the permits")?;
+        for (permit, entry) in self.permits.values_mut().zip(batch.entries) {
+            *permit = entry.permit;
+        }
+        for old in std::mem::replace(&mut self.batches, vec![batch.header.id]) {
+            // Best effort: a batch left behind lapses with its permits and is pruned.
+            let _ = self.store.remove_batch(old);
         }
         Ok(())
+    }
+
+    fn sign_and_store(&self, now: u64, permits: Vec<Permit>) -> Result<PermitBatch> {
+        let id = Permit::new_id().context("drawing a batch id")?;
+        let batch = PermitBatch::sign(id, now, permits, &self.key);
+        self.store
+            .insert_batch(&batch)
+            .with_context(|| format!("storing permit batch {id:016x}"))?;
+        Ok(batch)
     }
 
     /// How many permits are live (one per rule with entries, host rules included).
@@ -158,7 +196,113 @@ impl Issuer {
     /// The permit id and kernel (`CLOCK_BOOTTIME`) expiry for a rule's entries.
     pub fn stamp(&self, rule: u32) -> Option<(u64, u64)> {
         let permit = self.permits.get(&rule)?;
-        let left = permit.permit.expires_at.saturating_sub(unix_now_ns());
-        Some((permit.permit.id, boot_now_ns() + left))
+        let left = permit.expires_at.saturating_sub(unix_now_ns());
+        Some((permit.id, boot_now_ns() + left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bridle_engine::compile;
+
+    fn policy(rules: usize) -> (Policy, Compiled) {
+        let mut text = String::from("name = \"batch-test\"\nversion = 2\n");
+        for i in 0..rules {
+            text.push_str(&format!(
+                "[[rule]]\nname = \"r{i}\"\neffect = \"permit\"\nexec = [\"/opt/t{i}/**\"]\n"
+            ));
+        }
+        let policy = Policy::parse(&text, "test.toml").expect("policy");
+        let compiled = compile(&policy);
+        (policy, compiled)
+    }
+
+    fn subject() -> Subject {
+        Subject {
+            cgroup_id: 7,
+            cgroup_path: "/sys/fs/cgroup/test".into(),
+        }
+    }
+
+    fn batch_files(state: &Path) -> Vec<std::path::PathBuf> {
+        PermitStore::new(state)
+            .files()
+            .expect("files")
+            .into_iter()
+            .filter(|f| bridle_trust::store::is_batch_file(f))
+            .collect()
+    }
+
+    #[test]
+    fn an_issuance_is_one_stored_batch_and_a_renewal_replaces_it() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let (policy, compiled) = policy(40);
+        let mut issuer = Issuer::open(state.path(), Duration::from_secs(600)).expect("open");
+        issuer
+            .issue(&policy, &compiled, &subject(), 0..40)
+            .expect("issue");
+        let first = batch_files(state.path());
+        assert_eq!(first.len(), 1, "one file for the whole issuance");
+
+        let ring = KeyStore::new(state.path()).keyring().expect("ring");
+        let store = PermitStore::new(state.path());
+        let (kept, dropped) = store
+            .load_verified(&ring, unix_now_ns(), |p| p.name == "batch-test")
+            .expect("load");
+        assert!(dropped.is_empty(), "{dropped:?}");
+        assert_eq!(kept.len(), 40);
+        // Every rule's kernel stamp names a stored, verified permit of that rule.
+        for rule in 0..40u32 {
+            let (id, _) = issuer.stamp(rule).expect("stamped");
+            let p = kept.iter().find(|p| p.permit.id == id).expect("stored");
+            assert_eq!(
+                p.permit.rule.as_deref(),
+                Some(compiled.rules[rule as usize].name.as_str())
+            );
+            assert_eq!(p.permit.action, "exec");
+        }
+        assert!(issuer.stamp(40).is_none());
+
+        let before: Vec<(u64, u64)> = (0..40).filter_map(|r| issuer.stamp(r)).collect();
+        std::thread::sleep(Duration::from_millis(2));
+        issuer.renew().expect("renew");
+        let second = batch_files(state.path());
+        assert_eq!(second.len(), 1, "the renewal replaced the batch");
+        assert_ne!(first, second);
+        let (kept, dropped) = store
+            .load_verified(&ring, unix_now_ns(), |_| true)
+            .expect("load");
+        assert!(dropped.is_empty(), "{dropped:?}");
+        for (rule, (id, expiry)) in before.into_iter().enumerate() {
+            let (new_id, new_expiry) = issuer.stamp(rule as u32).expect("stamped");
+            assert_eq!(new_id, id, "a renewal keeps the permit ids");
+            assert!(new_expiry > expiry);
+            assert!(kept.iter().any(|p| p.permit.id == id));
+        }
+    }
+
+    #[test]
+    fn no_rule_no_batch_and_open_prunes_what_expired() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let (policy, compiled) = policy(3);
+        let mut issuer = Issuer::open(state.path(), Duration::from_secs(600)).expect("open");
+        issuer
+            .issue(&policy, &compiled, &subject(), std::iter::empty())
+            .expect("issue");
+        issuer.renew().expect("renew");
+        assert!(batch_files(state.path()).is_empty());
+
+        let mut short = Issuer::open(state.path(), Duration::from_millis(1)).expect("open");
+        short
+            .issue(&policy, &compiled, &subject(), 0..3)
+            .expect("issue");
+        assert_eq!(batch_files(state.path()).len(), 1);
+        std::thread::sleep(Duration::from_millis(5));
+        let _reopened = Issuer::open(state.path(), Duration::from_secs(600)).expect("open");
+        assert!(
+            batch_files(state.path()).is_empty(),
+            "the expired batch was pruned"
+        );
     }
 }

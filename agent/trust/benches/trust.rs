@@ -1,7 +1,11 @@
-//! Hybrid sign / verify rates and audit append throughput.
+//! Hybrid sign / verify rates, issuing and verifying permit batches, and audit append throughput.
 
 use bridle_trust::audit::{AuditConfig, AuditWriter, RecordFields};
-use bridle_trust::{Code, Effect, KeyPair, KeyRing, Permit, PolicyRef, Subject, SystemClock};
+use bridle_trust::store::read_batch;
+use bridle_trust::{
+    Code, Effect, KeyPair, KeyRing, Permit, PermitBatch, PermitStore, PolicyRef, Subject,
+    SystemClock,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -65,6 +69,70 @@ fn permits(c: &mut Criterion) {
     group.bench_function("hybrid_verify", |b| {
         b.iter(|| black_box(signed.verify(&ring, T0 + SEC)).is_ok())
     });
+    // One permit of a 10,000-permit batch, verified on its own: the header's two signatures,
+    // the permit's leaf hash and its 14-hash inclusion proof.
+    let batch = PermitBatch::sign(1, T0, (1..=BATCH).map(permit).collect(), &key);
+    let member = batch.signed_permit(4321).expect("a member");
+    group.bench_function("batch_member_verify_of_10000", |b| {
+        b.iter(|| black_box(member.verify(&ring, T0 + SEC)).is_ok())
+    });
+    group.finish();
+}
+
+const BATCH: u64 = 10_000;
+
+/// Issuing 10,000 permits as the issuer does, signed and stored (fsynced) before it returns:
+/// as one batch, and (the former way) one signature and one file per permit.
+fn issue(c: &mut Criterion) {
+    let key = KeyPair::from_seeds(&[1; 32], &[2; 32], T0 - SEC, None);
+    let mut ring = KeyRing::new();
+    ring.insert(key.public().clone());
+    let mut group = c.benchmark_group("permits_10000");
+    group.throughput(Throughput::Elements(BATCH));
+    group.sample_size(20);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = PermitStore::new(dir.path());
+    let mut batch_id = 0;
+    group.bench_function("batch_sign_and_store", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let permits: Vec<Permit> = (1..=BATCH).map(permit).collect();
+                batch_id += 1;
+                let start = Instant::now();
+                let batch = PermitBatch::sign(batch_id, T0, permits, &key);
+                black_box(store.insert_batch(&batch).expect("store"));
+                total += start.elapsed();
+                store.remove_batch(batch_id).expect("remove");
+            }
+            total
+        })
+    });
+    let batch = PermitBatch::sign(1, T0, (1..=BATCH).map(permit).collect(), &key);
+    let path = store.insert_batch(&batch).expect("store");
+    // What `bridle permits verify` and a restarted daemon do: read, parse, verify every permit.
+    group.bench_function("batch_load_and_verify", |b| {
+        b.iter(|| {
+            let batch = read_batch(&path).expect("read");
+            black_box(batch.verify(&ring, T0 + SEC).iter().all(Result::is_ok))
+        })
+    });
+    store.remove_batch(1).expect("remove");
+    group.sample_size(10);
+    group.bench_function("alone_sign_and_store", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let permits: Vec<Permit> = (1..=BATCH).map(permit).collect();
+                let start = Instant::now();
+                for p in permits {
+                    black_box(store.replace(&p.sign(&key)).expect("store"));
+                }
+                total += start.elapsed();
+            }
+            total
+        })
+    });
     group.finish();
 }
 
@@ -98,5 +166,5 @@ fn audit_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, permits, audit_append);
+criterion_group!(benches, permits, issue, audit_append);
 criterion_main!(benches);

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 /// Mode of files that hold secret key material.
 pub(crate) const SECRET_MODE: u32 = 0o600;
-/// Mode of files anyone on the host may read (public keys, permits).
+/// Mode of files anyone on the host may read (public keys, bundles).
 pub(crate) const PUBLIC_MODE: u32 = 0o644;
+/// Mode of stored permits: they disclose the policies, and only the daemon and root read them.
+pub(crate) const PERMIT_MODE: u32 = 0o600;
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one: a temporary
 /// file in the same directory is created with `mode` (so it is never wider, even briefly), synced,

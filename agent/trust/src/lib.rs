@@ -2,7 +2,9 @@
 //!
 //! Every verdict the engine turns into a kernel entry is a [`permit::SignedPermit`], signed with
 //! both Ed25519 and ML-DSA-65 over one canonical byte encoding; a verifier requires both
-//! signatures. Every decision becomes an [`audit::AuditRecord`] in a hash chain whose head is
+//! signatures. The issuer signs each issuance as one [`batch::PermitBatch`]: one hybrid
+//! signature over a Merkle root covers every permit of it, and each permit still verifies on its
+//! own with the signed header and its inclusion proof. Every decision becomes an [`audit::AuditRecord`] in a hash chain whose head is
 //! covered by signed checkpoints. Everything verifies offline with only the exported public key
 //! bundle.
 //!
@@ -16,8 +18,11 @@
 //!       public.json             PublicKeyInfo: id, created_at, expires_at, both public keys
 //!       secret.ed25519          32-byte Ed25519 seed, 0600 (current key only)
 //!       secret.mldsa65          32-byte ML-DSA-65 seed (FIPS 204 ξ), 0600 (current key only)
-//!   permits/
+//!   permits/                    0700
+//!     batch-<BATCH>.jsonl       one signed batch per file (layout in `batch`), 0600; the
+//!                               issuer writes these, and replaces a batch on renewal
 //!     <ID>.json                 one SignedPermit per file, ID = the permit id as 16 hex digits
+//!                               (permits signed alone, as earlier versions stored them)
 //!   audit/
 //!     audit-00000001.jsonl      segments, rolled by size; records and checkpoints as JSON lines
 //!     audit-00000002.jsonl
@@ -34,12 +39,16 @@
 
 pub mod audit;
 pub(crate) mod b64;
+pub mod batch;
 pub mod clock;
 pub(crate) mod fsutil;
+pub(crate) mod hexser;
 pub mod keys;
+pub mod merkle;
 pub mod permit;
 pub mod store;
 
+pub use batch::{BatchHeader, BatchProof, PermitBatch};
 pub use bridle_engine::{Code, Effect};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keys::{KeyError, KeyPair, KeyRing, KeyStore, PublicBundle, PublicKey, PublicKeyInfo};

@@ -2,19 +2,34 @@
 //! a hybrid key over one canonical byte encoding.
 //!
 //! The canonical encoding is [Borsh](https://borsh.io) (a specified, deterministic, length-
-//! prefixed binary format meant for hashing and signing) of a fixed field list, after the
-//! domain prefix `bridle-permit-v1\0`. JSON is only the transport: whitespace or key order in a
-//! permit file never changes what the signatures cover, and a field added to the JSON is
-//! rejected rather than silently unsigned.
+//! prefixed binary format meant for hashing and signing) of a fixed field list. JSON is only the
+//! transport: whitespace or key order in a permit file never changes what the signatures cover,
+//! and a field added to the JSON is rejected rather than silently unsigned.
+//!
+//! A permit is signed in one of two ways, and a verifier requires both signatures either way:
+//!
+//! - **alone**: both signatures cover `bridle-permit-v1\0` followed by the encoding
+//!   ([`Permit::canonical_bytes`]);
+//! - **in a batch** ([`crate::batch`]): the encoding, after `bridle-permit-leaf-v1\0`, is a leaf
+//!   of a Merkle tree whose root a batch header carries, and both signatures cover that header.
+//!   Such a permit carries the header and its inclusion proof ([`BatchProof`]), so it verifies on
+//!   its own, exactly as strongly: changing the permit changes its leaf, and no other leaf list
+//!   has the signed root.
 
+use crate::batch::{self, BatchProof};
 use crate::clock::format_ns;
-use crate::keys::{random_bytes, Algorithm, HybridSignature, KeyError, KeyPair, KeyRing};
+use crate::keys::{
+    random_bytes, Algorithm, HybridSignature, KeyError, KeyPair, KeyRing, PublicKey,
+};
+use crate::merkle::{self, Hash};
 use borsh::BorshSerialize;
 use bridle_engine::{Code, Effect};
 use serde::{Deserialize, Serialize};
 
-/// Domain prefix of the bytes a permit signature covers.
+/// Domain prefix of the bytes a permit signature covers (a permit signed alone).
 pub const PERMIT_DOMAIN: &[u8] = b"bridle-permit-v1\0";
+/// Domain prefix of a permit's leaf in a batch's Merkle tree (a permit signed in a batch).
+pub const LEAF_DOMAIN: &[u8] = b"bridle-permit-leaf-v1\0";
 
 /// The policy a permit was compiled from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,8 +113,40 @@ impl Permit {
         }
     }
 
-    /// The canonical bytes both signatures cover.
+    /// `n` random, nonzero permit ids from one read of the random source (a batch's worth
+    /// without a system call per permit).
+    pub fn new_ids(n: usize) -> Result<Vec<u64>, KeyError> {
+        let mut bytes = vec![0u8; n * 8];
+        getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
+        bytes
+            .chunks_exact(8)
+            .map(|chunk| {
+                let id = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+                if id == 0 {
+                    Permit::new_id()
+                } else {
+                    Ok(id)
+                }
+            })
+            .collect()
+    }
+
+    /// The canonical bytes both signatures cover when the permit is signed alone.
     pub fn canonical_bytes(&self) -> Vec<u8> {
+        self.encode(PERMIT_DOMAIN)
+    }
+
+    /// The permit's leaf in a batch: the same encoding after [`LEAF_DOMAIN`].
+    pub fn leaf_bytes(&self) -> Vec<u8> {
+        self.encode(LEAF_DOMAIN)
+    }
+
+    /// The Merkle leaf hash of [`Permit::leaf_bytes`].
+    pub fn leaf_hash(&self) -> Hash {
+        merkle::leaf_hash(&self.leaf_bytes())
+    }
+
+    fn encode(&self, domain: &[u8]) -> Vec<u8> {
         let canonical = CanonicalPermit {
             id: self.id,
             policy_name: &self.policy.name,
@@ -117,7 +164,7 @@ impl Permit {
             key_id: &self.key_id,
         };
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(PERMIT_DOMAIN);
+        out.extend_from_slice(domain);
         // Writing into a Vec cannot fail.
         let _ = borsh::to_writer(&mut out, &canonical);
         out
@@ -130,22 +177,28 @@ impl Permit {
         let HybridSignature { ed25519, mldsa65 } = key.sign(&self.canonical_bytes());
         SignedPermit {
             permit: self,
+            batch: None,
             ed25519,
             mldsa65,
         }
     }
 }
 
-/// A permit with both signatures.
+/// A permit with both signatures: over the permit itself, or over the header of the batch it
+/// was signed in (then `batch` holds that header and the permit's inclusion proof).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedPermit {
     /// The signed content.
     pub permit: Permit,
-    /// Ed25519 signature over [`Permit::canonical_bytes`]; empty when missing.
+    /// The batch the permit was signed in; absent for a permit signed alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchProof>,
+    /// Ed25519 signature over [`Permit::canonical_bytes`], or over the batch header's
+    /// [`batch::BatchHeader::signed_bytes`]; empty when missing.
     #[serde(with = "crate::b64", default)]
     pub ed25519: Vec<u8>,
-    /// ML-DSA-65 signature over [`Permit::canonical_bytes`]; empty when missing.
+    /// ML-DSA-65 signature over the same bytes as `ed25519`; empty when missing.
     #[serde(with = "crate::b64", default)]
     pub mldsa65: Vec<u8>,
 }
@@ -195,6 +248,49 @@ pub enum PermitError {
         /// The permit id.
         id: u64,
     },
+    /// Neither signature of the permit's batch header verifies: the header (its root, count,
+    /// times, id or key) changed after it was signed, or both signatures were replaced.
+    #[error("permit {id:016x}: neither signature of its batch {batch:016x} verifies: the batch header was changed after it was signed")]
+    BatchChanged {
+        /// The permit id.
+        id: u64,
+        /// The batch id.
+        batch: u64,
+    },
+    /// The permit's inclusion proof does not lead to the root its batch header signs: a wrong,
+    /// edited or foreign proof (or, in a batch file, an edited leaf hash).
+    #[error("permit {id:016x}: its inclusion proof does not lead to the root batch {batch:016x} signed (a wrong or edited proof)")]
+    BadProof {
+        /// The permit id.
+        id: u64,
+        /// The batch id.
+        batch: u64,
+    },
+    /// In a batch file, the permit is not where it was signed: the permits were reordered.
+    #[error("permit {id:016x} was signed as leaf {index} of batch {batch:016x} but is stored at position {position}: the batch was reordered")]
+    Misplaced {
+        /// The permit id.
+        id: u64,
+        /// The batch id.
+        batch: u64,
+        /// The leaf index it was signed at.
+        index: u64,
+        /// Where the file holds it.
+        position: u64,
+    },
+    /// In a batch file, the number of permits differs from the count the header signs:
+    /// permits were removed or added, so no proof can be rebuilt.
+    #[error("permit {id:016x}: batch {batch:016x} signed {count} permits but the file holds {found}: permits were removed or added")]
+    BatchIncomplete {
+        /// The permit id.
+        id: u64,
+        /// The batch id.
+        batch: u64,
+        /// The count the header signs.
+        count: u64,
+        /// The permits the file holds.
+        found: u64,
+    },
     /// The permit's validity starts later.
     #[error("permit {id:016x} is not valid before {} (now {})", format_ns(*issued_at), format_ns(*now))]
     NotYetValid {
@@ -236,6 +332,10 @@ impl PermitError {
             | PermitError::UnknownKey { id, .. }
             | PermitError::BadSignature { id, .. }
             | PermitError::ContentChanged { id }
+            | PermitError::BatchChanged { id, .. }
+            | PermitError::BadProof { id, .. }
+            | PermitError::Misplaced { id, .. }
+            | PermitError::BatchIncomplete { id, .. }
             | PermitError::NotYetValid { id, .. }
             | PermitError::Expired { id, .. }
             | PermitError::KeyExpired { id, .. } => *id,
@@ -262,11 +362,37 @@ impl SignedPermit {
     }
 }
 
-/// Verifies a signed permit: well-formed, signed by a key in `ring`, BOTH signatures valid, the
-/// key not expired, and `now` inside `[issued_at, expires_at)`. Signatures are checked before
-/// validity so that times are only reported for authentic permits.
+/// Verifies a signed permit: well-formed, signed by a key in `ring`, BOTH signatures valid (over
+/// the permit, or over its batch's header with an inclusion proof that leads from the permit to
+/// the signed root), the key not expired, and `now` inside `[issued_at, expires_at)`. Signatures
+/// are checked before validity so that times are only reported for authentic permits.
 pub fn verify(signed: &SignedPermit, ring: &KeyRing, now: u64) -> Result<(), PermitError> {
     let p = &signed.permit;
+    check_shape(p)?;
+    let Some(proof) = &signed.batch else {
+        let key = check_alone(signed, ring)?;
+        return check_validity(p, key, p.issued_at, now);
+    };
+    let header = &proof.header;
+    let key = batch::check_header(header, &signed.ed25519, &signed.mldsa65, ring)
+        .map_err(|fault| fault.for_permit(p.id, header.id))?;
+    if p.leaf_hash() != proof.leaf {
+        return Err(PermitError::ContentChanged { id: p.id });
+    }
+    batch::check_member(p, header)?;
+    if merkle::root_from_path(&proof.leaf, proof.index, header.count, &proof.path)
+        != Some(header.root)
+    {
+        return Err(PermitError::BadProof {
+            id: p.id,
+            batch: header.id,
+        });
+    }
+    check_validity(p, key, header.issued_at.max(p.issued_at), now)
+}
+
+/// The checks that need no key: a nonzero id and a nonempty validity.
+pub(crate) fn check_shape(p: &Permit) -> Result<(), PermitError> {
     let id = p.id;
     if id == 0 {
         return Err(PermitError::Malformed {
@@ -283,6 +409,13 @@ pub fn verify(signed: &SignedPermit, ring: &KeyRing, now: u64) -> Result<(), Per
             ),
         });
     }
+    Ok(())
+}
+
+/// Both signatures of a permit signed alone.
+fn check_alone<'r>(signed: &SignedPermit, ring: &'r KeyRing) -> Result<&'r PublicKey, PermitError> {
+    let p = &signed.permit;
+    let id = p.id;
     let key = ring.get(&p.key_id).ok_or_else(|| PermitError::UnknownKey {
         id,
         key_id: p.key_id.clone(),
@@ -297,23 +430,29 @@ pub fn verify(signed: &SignedPermit, ring: &KeyRing, now: u64) -> Result<(), Per
     }
     let check = key.check(&p.canonical_bytes(), &signed.ed25519, &signed.mldsa65);
     match (check.ed25519, check.mldsa65) {
-        (true, true) => {}
-        (false, false) => return Err(PermitError::ContentChanged { id }),
-        (false, true) => {
-            return Err(PermitError::BadSignature {
-                id,
-                which: Algorithm::Ed25519,
-            })
-        }
-        (true, false) => {
-            return Err(PermitError::BadSignature {
-                id,
-                which: Algorithm::MlDsa65,
-            })
-        }
+        (true, true) => Ok(key),
+        (false, false) => Err(PermitError::ContentChanged { id }),
+        (false, true) => Err(PermitError::BadSignature {
+            id,
+            which: Algorithm::Ed25519,
+        }),
+        (true, false) => Err(PermitError::BadSignature {
+            id,
+            which: Algorithm::MlDsa65,
+        }),
     }
+}
+
+/// The key's validity at `now` and at signing time `signed_at`, then the permit's own.
+pub(crate) fn check_validity(
+    p: &Permit,
+    key: &PublicKey,
+    signed_at: u64,
+    now: u64,
+) -> Result<(), PermitError> {
+    let id = p.id;
     if let Some(key_expires_at) = key.info().expires_at {
-        if now >= key_expires_at || p.issued_at >= key_expires_at {
+        if now >= key_expires_at || signed_at >= key_expires_at {
             return Err(PermitError::KeyExpired {
                 id,
                 key_id: p.key_id.clone(),

@@ -1,13 +1,19 @@
-//! The permit store: one file per signed permit under `STATE/permits`, so that a restarted
-//! daemon can re-adopt its kernel entries after verifying every permit it finds.
+//! The permit store under `STATE/permits`: one file per signed batch (`batch-<ID>.jsonl`, what
+//! the issuer writes) and one per permit signed alone (`<ID>.json`, what earlier versions wrote,
+//! still read and verified), so that a restarted daemon can re-adopt its kernel entries after
+//! verifying every permit it finds. Files are written atomically with mode 0600.
 
-use crate::fsutil::{self, PUBLIC_MODE};
+use crate::batch::{PermitBatch, SignedHeader};
+use crate::fsutil::{self, PERMIT_MODE};
 use crate::keys::KeyRing;
 use crate::permit::{PermitError, PolicyRef, SignedPermit};
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
+
+const BATCH_PREFIX: &str = "batch-";
+const BATCH_SUFFIX: &str = ".jsonl";
 
 /// What went wrong in the permit store, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -20,15 +26,15 @@ pub enum StoreError {
         /// The underlying error.
         source: io::Error,
     },
-    /// `insert` found a permit with the same id.
-    #[error("{}: a permit with id {id:016x} is already stored", path.display())]
+    /// `insert` or `insert_batch` found a permit or batch with the same id.
+    #[error("{}: a permit or batch with id {id:016x} is already stored", path.display())]
     Exists {
         /// The existing file.
         path: PathBuf,
-        /// The permit id.
+        /// The permit or batch id.
         id: u64,
     },
-    /// A stored file is not a signed permit.
+    /// A stored file is not a signed permit (or batch of permits).
     #[error("{}: not a signed permit: {reason}", path.display())]
     Malformed {
         /// The file.
@@ -45,9 +51,9 @@ pub enum DropReason {
     Unreadable(String),
     /// The file is not a signed permit.
     Malformed(String),
-    /// The file name does not match the permit id inside (a copied or renamed file).
+    /// The file name does not match the permit (or batch) id inside: a copied or renamed file.
     Misfiled {
-        /// The id the file name says.
+        /// What the file name says (`<ID>` or `batch-<ID>`).
         file_id: String,
     },
     /// Verification failed.
@@ -64,7 +70,7 @@ impl fmt::Display for DropReason {
             DropReason::Misfiled { file_id } => {
                 write!(
                     f,
-                    "file name says permit {file_id} but the permit inside has another id"
+                    "file name says {file_id} but what it holds has another id (a copied or renamed file)"
                 )
             }
             DropReason::Invalid(e) => write!(f, "{e}"),
@@ -100,16 +106,18 @@ impl fmt::Display for Dropped {
     }
 }
 
-/// One file of the store as [`PermitStore::list`] sees it, unverified.
+/// One permit of the store as [`PermitStore::list`] sees it, unverified.
 #[derive(Debug)]
 pub struct Listed {
-    /// The file.
+    /// The file that holds it.
     pub file: PathBuf,
-    /// The permit, or why it could not be parsed.
+    /// The permit (for a batch member: with its batch header and inclusion proof), or why the
+    /// file could not be parsed.
     pub permit: Result<SignedPermit, StoreError>,
 }
 
-/// Signed permits on disk, one `<id as 16 hex digits>.json` file each.
+/// Signed permits on disk: `batch-<id>.jsonl` per batch, `<id>.json` per permit signed alone
+/// (ids as 16 hex digits).
 #[derive(Debug, Clone)]
 pub struct PermitStore {
     dir: PathBuf,
@@ -133,9 +141,78 @@ impl PermitStore {
         &self.dir
     }
 
-    /// The file that holds permit `id`.
+    /// The file that holds permit `id` when it is signed alone.
     pub fn path_of(&self, id: u64) -> PathBuf {
         self.dir.join(format!("{id:016x}.json"))
+    }
+
+    /// The file that holds batch `id`.
+    pub fn batch_path(&self, id: u64) -> PathBuf {
+        self.dir
+            .join(format!("{BATCH_PREFIX}{id:016x}{BATCH_SUFFIX}"))
+    }
+
+    /// Stores a new batch in one file, atomically; fails if a batch with the same id exists.
+    pub fn insert_batch(&self, batch: &PermitBatch) -> Result<PathBuf, StoreError> {
+        let path = self.batch_path(batch.header.id);
+        if path.exists() {
+            return Err(StoreError::Exists {
+                path,
+                id: batch.header.id,
+            });
+        }
+        self.create_dir()?;
+        fsutil::write_atomic(&path, &batch.to_jsonl(), PERMIT_MODE).map_err(|source| {
+            StoreError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(path)
+    }
+
+    /// Removes batch `id`; returns whether it was stored.
+    pub fn remove_batch(&self, id: u64) -> Result<bool, StoreError> {
+        self.remove_file(self.batch_path(id))
+    }
+
+    /// Removes every file whose permits have all expired at `now`: a batch by its header's
+    /// `expires_at` (read from the first line only), a permit signed alone by its own. Files
+    /// that cannot be parsed are left for `verify` to report. Returns how many were removed.
+    pub fn prune_expired(&self, now: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for file in self.files()? {
+            let expires_at = if is_batch_file(&file) {
+                read_batch_header(&file).map(|h| h.batch.expires_at)
+            } else {
+                read_permit(&file).map(|p| p.permit.expires_at)
+            };
+            if matches!(expires_at, Ok(t) if t <= now) && self.remove_file(file)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn create_dir(&self) -> Result<(), StoreError> {
+        fsutil::create_private_dir(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    fn remove_file(&self, path: PathBuf) -> Result<bool, StoreError> {
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                fsutil::sync_dir(&self.dir).map_err(|source| StoreError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
     /// Stores a new permit; fails if one with the same id exists.
@@ -152,12 +229,9 @@ impl PermitStore {
 
     /// Stores a permit, replacing any with the same id (a renewal).
     pub fn replace(&self, permit: &SignedPermit) -> Result<PathBuf, StoreError> {
-        fsutil::create_private_dir(&self.dir).map_err(|source| StoreError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
+        self.create_dir()?;
         let path = self.path_of(permit.permit.id);
-        fsutil::write_atomic(&path, &permit.to_json(), PUBLIC_MODE).map_err(|source| {
+        fsutil::write_atomic(&path, &permit.to_json(), PERMIT_MODE).map_err(|source| {
             StoreError::Io {
                 path: path.clone(),
                 source,
@@ -166,23 +240,13 @@ impl PermitStore {
         Ok(path)
     }
 
-    /// Removes permit `id`; returns whether it was stored.
+    /// Removes permit `id` signed alone; returns whether it was stored.
     pub fn remove(&self, id: u64) -> Result<bool, StoreError> {
-        let path = self.path_of(id);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                fsutil::sync_dir(&self.dir).map_err(|source| StoreError::Io {
-                    path: self.dir.clone(),
-                    source,
-                })?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(StoreError::Io { path, source }),
-        }
+        self.remove_file(self.path_of(id))
     }
 
-    /// The permit files (`*.json`), sorted by name; temporary files are skipped.
+    /// The permit files (`*.json` and `batch-*.jsonl`), sorted by name; temporary files are
+    /// skipped.
     pub fn files(&self) -> Result<Vec<PathBuf>, StoreError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -201,7 +265,8 @@ impl PermitStore {
                 source,
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".json") && !name.starts_with('.') {
+            let batch = name.starts_with(BATCH_PREFIX) && name.ends_with(BATCH_SUFFIX);
+            if (name.ends_with(".json") || batch) && !name.starts_with('.') {
                 files.push(entry.path());
             }
         }
@@ -209,16 +274,48 @@ impl PermitStore {
         Ok(files)
     }
 
-    /// Every stored permit, parsed but not verified.
+    /// Every stored permit, parsed but not verified; a batch member comes with its batch header
+    /// and inclusion proof, as it verifies on its own. A file that cannot be parsed is one
+    /// entry with the error.
     pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
-        Ok(self
-            .files()?
-            .into_iter()
-            .map(|file| Listed {
-                permit: read_permit(&file),
-                file,
-            })
-            .collect())
+        let mut listed = Vec::new();
+        for file in self.files()? {
+            if !is_batch_file(&file) {
+                listed.push(Listed {
+                    permit: read_permit(&file),
+                    file,
+                });
+                continue;
+            }
+            match read_batch(&file) {
+                Ok(batch) => listed.extend(batch.signed_permits().into_iter().map(|p| Listed {
+                    file: file.clone(),
+                    permit: Ok(p),
+                })),
+                Err(e) => listed.push(Listed {
+                    file,
+                    permit: Err(e),
+                }),
+            }
+        }
+        Ok(listed)
+    }
+
+    /// The stored permit with this id and the file that holds it, unverified (for a batch
+    /// member: with its batch header and inclusion proof, ready to verify elsewhere).
+    pub fn find(&self, id: u64) -> Result<Option<(PathBuf, SignedPermit)>, StoreError> {
+        let alone = self.path_of(id);
+        if alone.exists() {
+            return read_permit(&alone).map(|p| Some((alone, p)));
+        }
+        for file in self.files()?.into_iter().filter(|f| is_batch_file(f)) {
+            if let Ok(batch) = read_batch(&file) {
+                if let Some(p) = batch.signed_permit(id) {
+                    return Ok(Some((file, p)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Loads the permits a restarted daemon may adopt: each one is verified (both signatures, a
@@ -234,7 +331,7 @@ impl PermitStore {
         let mut kept = Vec::new();
         let mut dropped = Vec::new();
         for file in self.files()? {
-            let permit = match fs::read(&file) {
+            let bytes = match fs::read(&file) {
                 Err(e) => {
                     dropped.push(Dropped {
                         file,
@@ -244,18 +341,57 @@ impl PermitStore {
                     });
                     continue;
                 }
-                Ok(bytes) => match SignedPermit::from_json(&bytes) {
+                Ok(bytes) => bytes,
+            };
+            if is_batch_file(&file) {
+                let batch = match PermitBatch::from_jsonl(&bytes) {
                     Err(e) => {
                         dropped.push(Dropped {
                             file,
                             permit_id: None,
                             permit: None,
-                            reason: DropReason::Malformed(e.to_string()),
+                            reason: DropReason::Malformed(e),
                         });
                         continue;
                     }
-                    Ok(p) => p,
-                },
+                    Ok(b) => b,
+                };
+                let misfiled = file_name(&file) != file_name(&self.batch_path(batch.header.id));
+                let results = batch.verify(ring, now);
+                for (permit, result) in batch.signed_permits().into_iter().zip(results) {
+                    let reason = match result {
+                        Err(e) => Some(DropReason::Invalid(e)),
+                        Ok(()) if misfiled => Some(DropReason::Misfiled {
+                            file_id: file_name(&file).trim_end_matches(BATCH_SUFFIX).to_string(),
+                        }),
+                        Ok(()) if !policy_is_current(&permit.permit.policy) => {
+                            Some(DropReason::PolicyChanged(permit.permit.policy.clone()))
+                        }
+                        Ok(()) => None,
+                    };
+                    match reason {
+                        None => kept.push(permit),
+                        Some(reason) => dropped.push(Dropped {
+                            file: file.clone(),
+                            permit_id: Some(permit.permit.id),
+                            permit: Some(permit),
+                            reason,
+                        }),
+                    }
+                }
+                continue;
+            }
+            let permit = match SignedPermit::from_json(&bytes) {
+                Err(e) => {
+                    dropped.push(Dropped {
+                        file,
+                        permit_id: None,
+                        permit: None,
+                        reason: DropReason::Malformed(e.to_string()),
+                    });
+                    continue;
+                }
+                Ok(p) => p,
             };
             let reason = check_one(&file, &permit, ring, now, &policy_is_current);
             match reason {
@@ -272,6 +408,18 @@ impl PermitStore {
     }
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether `path` is named as a batch file (`batch-*.jsonl`).
+pub fn is_batch_file(path: &Path) -> bool {
+    let name = file_name(path);
+    name.starts_with(BATCH_PREFIX) && name.ends_with(BATCH_SUFFIX)
+}
+
 fn check_one(
     file: &Path,
     permit: &SignedPermit,
@@ -280,10 +428,7 @@ fn check_one(
     policy_is_current: &impl Fn(&PolicyRef) -> bool,
 ) -> Option<DropReason> {
     let expected = format!("{:016x}.json", permit.permit.id);
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = file_name(file);
     if let Err(e) = permit.verify(ring, now) {
         return Some(DropReason::Invalid(e));
     }
@@ -307,5 +452,33 @@ pub fn read_permit(path: &Path) -> Result<SignedPermit, StoreError> {
     SignedPermit::from_json(&bytes).map_err(|e| StoreError::Malformed {
         path: path.to_path_buf(),
         reason: e.to_string(),
+    })
+}
+
+/// Reads one batch file (no verification).
+pub fn read_batch(path: &Path) -> Result<PermitBatch, StoreError> {
+    let bytes = fs::read(path).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    PermitBatch::from_jsonl(&bytes).map_err(|reason| StoreError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Reads only the first line of a batch file: its signed header (no verification).
+pub fn read_batch_header(path: &Path) -> Result<SignedHeader, StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut line = Vec::new();
+    io::BufReader::new(fs::File::open(path).map_err(io_err)?)
+        .read_until(b'\n', &mut line)
+        .map_err(io_err)?;
+    serde_json::from_slice(&line).map_err(|e| StoreError::Malformed {
+        path: path.to_path_buf(),
+        reason: format!("line 1: not a batch header: {e}"),
     })
 }

@@ -17,7 +17,7 @@ enum Kind {
 }
 
 /// (criterion id, figure name, kind, goal from the issue)
-const RESULTS: [(&str, &str, Kind, &str); 6] = [
+const RESULTS: [(&str, &str, Kind, &str); 10] = [
     (
         "verdicts-1000-rules/judge",
         "engine verdicts (1,000-rule policy, judge)",
@@ -46,6 +46,30 @@ const RESULTS: [(&str, &str, Kind, &str); 6] = [
         "permit/hybrid_verify",
         "permit verify (both signatures)",
         Kind::Rate,
+        "",
+    ),
+    (
+        "permits_10000/batch_sign_and_store",
+        "issue 10,000 permits as one batch (sign + store, fsync)",
+        Kind::Millis,
+        "",
+    ),
+    (
+        "permits_10000/alone_sign_and_store",
+        "issue 10,000 permits one by one (10,000 signatures and files, as before batches)",
+        Kind::Millis,
+        "",
+    ),
+    (
+        "permit/batch_member_verify_of_10000",
+        "verify one permit of a 10,000-permit batch (header + inclusion proof)",
+        Kind::Rate,
+        "",
+    ),
+    (
+        "permits_10000/batch_load_and_verify",
+        "load and verify a 10,000-permit batch file",
+        Kind::Millis,
         "",
     ),
     (

@@ -81,3 +81,11 @@ pub fn fields(i: u64) -> RecordFields {
         },
     }
 }
+
+/// A batch of `n` permits (ids 1..=n, objects `/usr/bin/tool<i>`) signed by `key` at T0.
+pub fn batch(id: u64, n: u64, key: &KeyPair) -> bridle_trust::PermitBatch {
+    let permits = (1..=n)
+        .map(|i| permit(i, &format!("/usr/bin/tool{i}")))
+        .collect();
+    bridle_trust::PermitBatch::sign(id, T0, permits, key)
+}
