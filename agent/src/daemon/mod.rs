@@ -464,18 +464,23 @@ struct Prepared {
 
 impl Daemon {
     fn prepare(&self, file: &Path, mode: Option<Mode>) -> Result<Prepared> {
+        let t = Instant::now();
         let mut policy = Policy::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(mode) = mode {
             policy.mode = mode;
         }
+        tracing::debug!(ms = t.elapsed().as_millis(), "prepare: parsed");
         let engine = Engine::new(policy.clone()).with_invariants(self.invariants.clone());
+        tracing::debug!(ms = t.elapsed().as_millis(), "prepare: engine");
         let ask_engine =
             Arc::new(Engine::new(policy.clone()).with_invariants(self.invariants.clone()));
+        tracing::debug!(ms = t.elapsed().as_millis(), "prepare: ask engine");
         let compiled = engine
             .compile()
             .into_iter()
             .next_back()
             .unwrap_or_else(|| compile(&policy));
+        tracing::debug!(ms = t.elapsed().as_millis(), "prepare: compiled");
         Ok(Prepared {
             policy,
             engine,
@@ -493,7 +498,9 @@ impl Daemon {
         prepared: &Prepared,
     ) -> Result<(KernelEntries, Workload, Issuer)> {
         let slot = new_slot();
+        let t = Instant::now();
         let mut entries = entries::build(&prepared.engine, &prepared.compiled, slot)?;
+        tracing::debug!(ms = t.elapsed().as_millis(), "install: entries built");
         entries
             .not_enforced
             .extend(self.enforcer.unix_warning(&prepared.compiled));
@@ -509,8 +516,10 @@ impl Daemon {
         // installs then carry their permits' ids: issue those permits now.
         let mut rules = entries.rules();
         rules.extend(prepared.compiled.hosts.iter().map(|h| h.rule.0));
+        tracing::debug!(ms = t.elapsed().as_millis(), "install: issuer opened");
         issuer.issue(&prepared.policy, &prepared.compiled, &subject, rules)?;
         entries.stamp(|rule| issuer.stamp(rule));
+        tracing::debug!(ms = t.elapsed().as_millis(), "install: permits issued");
         let default = if prepared.compiled.default == Effect::Permit {
             EFFECT_PERMIT
         } else {
@@ -533,7 +542,9 @@ impl Daemon {
         };
         net::set_raw(&mut config, &prepared.compiled);
         self.enforcer.write_entries(slot, &entries)?;
+        tracing::debug!(ms = t.elapsed().as_millis(), "install: entries written");
         self.switch_slot(id, config, &prepared.compiled, &issuer)?;
+        tracing::debug!(ms = t.elapsed().as_millis(), "install: switched");
         Ok((entries, config, issuer))
     }
 
@@ -817,6 +828,8 @@ impl Daemon {
             }
         }
         let count = prepared.len();
+        let started = Instant::now();
+        tracing::debug!("reload: policies prepared");
         for (id, name, file, mode, p) in prepared {
             let Some(path) = self.workloads.get(&id).map(|w| w.path.clone()) else {
                 continue;
@@ -848,7 +861,12 @@ impl Daemon {
             self.sync_ask(id);
             self.sync_resolver(id);
         }
+        tracing::debug!(ms = started.elapsed().as_millis(), "reload: installed");
         self.collect();
+        tracing::debug!(
+            ms = started.elapsed().as_millis(),
+            "reload: old slots collected"
+        );
         self.reconcile();
         Ok(count)
     }
