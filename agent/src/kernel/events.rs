@@ -1,9 +1,9 @@
 //! Decoding the kernel's decision events.
 
 use bridle_common::{
-    Event, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_CONNECT_UNIX, EVENT_EXEC,
-    EVENT_KILLED, EVENT_NONCANONICAL, EVENT_OBSERVED, EVENT_RAW_SOCKET, EVENT_SENDMSG4,
-    EVENT_SENDMSG6, EVENT_SENDMSG_UNIX, UNIX_PATH_LEN,
+    Event, EventHead, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_CONNECT_UNIX,
+    EVENT_EXEC, EVENT_KILLED, EVENT_NONCANONICAL, EVENT_OBSERVED, EVENT_RAW_SOCKET,
+    EVENT_SENDMSG4, EVENT_SENDMSG6, EVENT_SENDMSG_UNIX, PATH_LEN, UNIX_PATH_LEN,
 };
 use bridle_engine::Code;
 use std::{
@@ -121,14 +121,22 @@ pub struct Decided {
 }
 
 impl Decided {
-    /// Decodes a ring-buffer record; `None` if it is not an event this version knows.
+    /// Decodes a ring-buffer record; `None` if it is not an event this version knows. Socket
+    /// decisions come as an [`EventHead`] alone, exec decisions as a whole [`Event`].
     pub fn decode(bytes: &[u8]) -> Option<Decided> {
-        if bytes.len() < std::mem::size_of::<Event>() {
+        let head_len = std::mem::size_of::<EventHead>();
+        if bytes.len() < head_len {
             return None;
         }
-        // SAFETY: the record is at least one Event long, Event is plain old data, and
-        // read_unaligned makes no alignment assumption about the ring buffer's bytes.
-        let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let mut ev = Event {
+            // SAFETY: the record is at least one EventHead long, EventHead is plain old data,
+            // and read_unaligned makes no alignment assumption about the ring buffer's bytes.
+            head: unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) },
+            path: [0; PATH_LEN],
+        };
+        if let Some(path) = bytes.get(head_len..head_len + PATH_LEN) {
+            ev.path.copy_from_slice(path);
+        }
         let operation = match ev.kind {
             EVENT_EXEC => Operation::Exec {
                 path: c_string(&ev.path),
@@ -300,28 +308,30 @@ fn c_string(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bridle_common::{COMM_LEN, EFFECT_REFUSE, PATH_LEN};
+    use bridle_common::{COMM_LEN, EFFECT_REFUSE};
 
     fn event(kind: u8) -> Event {
         Event {
-            kind,
-            effect: EFFECT_REFUSE,
-            code: Code::NoMatchingRule.index(),
-            flags: 0,
-            rule: u32::MAX,
-            pid: 7,
-            tgid: 7,
-            uid: 0,
-            port: 443,
-            _pad: 0,
-            workload: 1,
-            cgroup: 1,
-            time_ns: 0,
-            permit_id: 0,
-            dev: 0,
-            ino: 0,
-            addr: [0; 16],
-            comm: [0; COMM_LEN],
+            head: EventHead {
+                kind,
+                effect: EFFECT_REFUSE,
+                code: Code::NoMatchingRule.index(),
+                flags: 0,
+                rule: u32::MAX,
+                pid: 7,
+                tgid: 7,
+                uid: 0,
+                port: 443,
+                _pad: 0,
+                workload: 1,
+                cgroup: 1,
+                time_ns: 0,
+                permit_id: 0,
+                dev: 0,
+                ino: 0,
+                addr: [0; 16],
+                comm: [0; COMM_LEN],
+            },
             path: [0; PATH_LEN],
         }
     }
@@ -419,5 +429,18 @@ mod tests {
     #[test]
     fn rejects_short_records() {
         assert_eq!(Decided::decode(&[0u8; 8]), None);
+    }
+
+    #[test]
+    fn a_socket_event_is_its_head_alone() {
+        let mut ev = event(EVENT_CONNECT4);
+        ev.addr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let whole = bytes(&ev);
+        let head = &whole[..std::mem::size_of::<EventHead>()];
+        assert_eq!(Decided::decode(head), Decided::decode(&whole));
+        assert_eq!(
+            Decided::decode(head).map(|d| d.operation),
+            Some(Operation::Connect("10.1.2.3:443".parse().expect("addr")))
+        );
     }
 }

@@ -353,10 +353,13 @@ pub const EVENT_KILLED: u8 = 2;
 /// components, a trailing `/`) that no entry names exactly, refused whatever the default.
 pub const EVENT_NONCANONICAL: u8 = 4;
 
-/// A decision the kernel took, sent to user space through the ring buffer.
+/// A decision the kernel took, sent to user space through the ring buffer: every field but
+/// the exec path. Socket decisions are sent as this head alone (a record of
+/// `size_of::<EventHead>()` bytes), exec decisions as a whole [`Event`]; the record's length
+/// says which.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct Event {
+pub struct EventHead {
     /// `EVENT_*` kind.
     pub kind: u8,
     /// `EFFECT_PERMIT` or `EFFECT_REFUSE` (what the policy says, even in observe mode).
@@ -393,8 +396,31 @@ pub struct Event {
     pub addr: [u8; 16],
     /// The task's comm.
     pub comm: [u8; COMM_LEN],
+}
+
+/// An exec decision: the [`EventHead`] and the path given to execve. The head's fields read
+/// and write through `Event` directly (`ev.port`), by `Deref`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// Every field but the path.
+    pub head: EventHead,
     /// The executed path as given to execve (NUL-terminated).
     pub path: [u8; PATH_LEN],
+}
+
+impl core::ops::Deref for Event {
+    type Target = EventHead;
+
+    fn deref(&self) -> &EventHead {
+        &self.head
+    }
+}
+
+impl core::ops::DerefMut for Event {
+    fn deref_mut(&mut self) -> &mut EventHead {
+        &mut self.head
+    }
 }
 
 /// The DNS port: a workload's traffic to it, whatever the address, goes to its resolver.
@@ -475,7 +501,9 @@ mod tests {
         assert_eq!(size_of::<Net6Key>(), 24);
         assert_eq!(size_of::<PortRule>(), 32);
         assert_eq!(size_of::<PortRules>(), 8 + 32 * PORT_RULES);
+        assert_eq!(size_of::<EventHead>(), 104);
         assert_eq!(size_of::<Event>(), 104 + PATH_LEN);
+        assert_eq!(core::mem::offset_of!(Event, path), size_of::<EventHead>());
         assert_eq!(size_of::<DnsRedirect>(), 24);
         assert_eq!(size_of::<DnsOrigin>(), 24);
         assert_eq!(size_of::<UnixKey>(), 128);
