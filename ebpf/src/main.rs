@@ -13,6 +13,8 @@ mod sock;
 mod dns;
 // Unix-socket connects and datagram sends.
 mod unix;
+// Repeated permitted socket decisions, counted instead of sent one event each.
+mod tally;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -481,9 +483,13 @@ fn finish_connect(j: Judgement, kind: u8, port: u16, addr: [u8; 16]) -> i32 {
         if j.observe {
             flags = EVENT_OBSERVED;
         }
-    }
-    if !emit_head(&j, kind, flags, port, &addr) {
-        count(STAT_EVENTS_LOST);
+        if !emit_head(&j, kind, flags, port, &addr) {
+            count(STAT_EVENTS_LOST);
+        }
+    } else {
+        // Refusals (and observe mode's would-be refusals) stay individual events; a permit is
+        // counted in the tally when its key has been seen.
+        tally::permit(&j, kind, port, &addr);
     }
     if refused && !j.observe {
         SOCK_DENY

@@ -20,6 +20,7 @@ use crate::{
         entries::{self, KernelEntries},
         events::Decided,
         net, pins,
+        tally::{Tallies, HARVEST_EVERY},
         tier::ExecTier,
         unix, Enforcer,
     },
@@ -30,7 +31,7 @@ use bridle_engine::{
     compile, Code, Compiled, Effect, Engine, Invariants, Mode, Policy, QuarantineAction, Verdict,
 };
 use bridle_trust::{
-    audit::{AuditConfig, AuditWriter, RecordFields},
+    audit::{AuditConfig, AuditWriter, RecordFields, Repeats},
     Subject, SystemClock,
 };
 use clap::{Args, ValueEnum};
@@ -232,6 +233,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     };
     info!(tier = %exec_tier, "exec tier: {exec_tier}: {}", exec_tier.effect());
     let mut events = enforcer.take_events()?;
+    // Counts a previous daemon left in the pinned tally map are harvested with the first
+    // harvest; from here on this daemon swaps the maps.
+    let mut tallies = enforcer.tallies()?;
     let key = Issuer::open(&config.state_dir, Duration::from_secs(600))?.key();
     let audit = AuditWriter::open(
         &config.state_dir.join("audit"),
@@ -284,6 +288,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     let watchdog_every = watchdog.map(|w| w / 2);
     let mut next_ping = Instant::now();
     let mut next_scan = Instant::now() + daemon.config.scan_interval;
+    let mut next_harvest = Instant::now();
     loop {
         crate::os::wait_readable_any(
             &[events.as_raw_fd(), ask_decisions.fd()],
@@ -311,6 +316,10 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             recorded = true;
         }
         recorded |= daemon.record_dns();
+        if Instant::now() >= next_harvest {
+            recorded |= daemon.harvest(&mut tallies, &mut events);
+            next_harvest = Instant::now() + HARVEST_EVERY;
+        }
         // Each batch reaches the disk before the next wait: a daemon killed afterwards loses
         // nothing it had drained (what it had not drained stays in the pinned ring buffer, and
         // an exec refusal is answered only once its record is written).
@@ -363,6 +372,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         daemon.record_ask(decision);
     }
     daemon.stop_resolvers();
+    // What was counted so far goes to this daemon's trail; what is counted from now on waits
+    // in the pinned tally map for the next daemon.
+    daemon.harvest(&mut tallies, &mut events);
     drop(server);
     daemon.audit.close().context("closing the audit trail")?;
     Ok(ExitCode::SUCCESS)
@@ -880,11 +892,43 @@ impl Daemon {
         }
     }
 
+    /// Swaps the tally map and records its counts, after the events queued until the swap
+    /// (see kernel::tally). Returns whether anything was recorded.
+    fn harvest(
+        &mut self,
+        tallies: &mut Tallies,
+        events: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    ) -> bool {
+        let counted = match tallies.harvest() {
+            Ok(counted) => counted,
+            Err(err) => {
+                error!("harvesting the tallies: {err:#}");
+                return false;
+            }
+        };
+        let mut recorded = false;
+        while let Some(item) = events.next() {
+            self.record(&item);
+            recorded = true;
+        }
+        for (key, counts) in &counted {
+            if let Some(decided) = Decided::tallied(key, counts) {
+                self.record_decided(decided);
+                recorded = true;
+            }
+        }
+        recorded
+    }
+
     /// Appends one kernel decision to the audit trail (and logs refusals).
     fn record(&mut self, item: &[u8]) {
-        let Some(decided) = Decided::decode(item) else {
-            return;
-        };
+        if let Some(decided) = Decided::decode(item) {
+            self.record_decided(decided);
+        }
+    }
+
+    /// Appends a decision, or the counted repeats of one, to the audit trail.
+    fn record_decided(&mut self, decided: Decided) {
         let Some(w) = self.workloads.get(&decided.workload) else {
             return;
         };
@@ -894,8 +938,11 @@ impl Daemon {
             crate::dns::hint_unnamed(&w.compiled, &decided, &mut line);
             info!(cgroup = %w.path.display(), pid = decided.tgid, "{line}");
         }
-        self.publish(&described.record);
-        if let Err(err) = self.audit.append(described.record) {
+        self.publish(&described.record, described.repeats);
+        if let Err(err) = self
+            .audit
+            .append_counted(described.record, described.repeats)
+        {
             error!("appending to the audit trail: {err:#}");
         }
         if decided.permitted || decided.observed {
@@ -957,7 +1004,7 @@ impl Daemon {
             rule: rule.clone(),
             permit_id,
         };
-        self.publish(&fields);
+        self.publish(&fields, None);
         if let Err(err) = self.audit.append(fields) {
             error!("appending to the audit trail: {err:#}");
         }
@@ -1193,7 +1240,7 @@ impl Daemon {
             rule,
             permit_id: None,
         };
-        self.publish(&fields);
+        self.publish(&fields, None);
         // A quarantine step is rare and an operator acts on it: on disk at once.
         if let Err(err) = self.audit.append(fields).and_then(|_| self.audit.flush()) {
             error!("appending to the audit trail: {err:#}");
@@ -1201,7 +1248,7 @@ impl Daemon {
     }
 
     /// Hands a decision to the clients following them, in the audit record's terms.
-    fn publish(&self, fields: &RecordFields) {
+    fn publish(&self, fields: &RecordFields, repeats: Option<Repeats>) {
         if self.followers.is_empty() {
             return;
         }
@@ -1209,7 +1256,7 @@ impl Daemon {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let line = json!({
+        let mut line = json!({
             "time": time,
             "workload": fields.workload,
             "pid": fields.pid,
@@ -1222,6 +1269,11 @@ impl Daemon {
             "rule": fields.rule,
             "permit_id": fields.permit_id,
         });
+        if let (Some(r), Some(obj)) = (repeats, line.as_object_mut()) {
+            obj.insert("count".into(), r.count.into());
+            obj.insert("first".into(), r.first.into());
+            obj.insert("last".into(), r.last.into());
+        }
         self.followers.publish(&fields.workload, &line.to_string());
     }
 

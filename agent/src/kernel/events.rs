@@ -1,9 +1,10 @@
 //! Decoding the kernel's decision events.
 
 use bridle_common::{
-    Event, EventHead, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_CONNECT_UNIX,
-    EVENT_EXEC, EVENT_KILLED, EVENT_NONCANONICAL, EVENT_OBSERVED, EVENT_RAW_SOCKET,
-    EVENT_SENDMSG4, EVENT_SENDMSG6, EVENT_SENDMSG_UNIX, PATH_LEN, UNIX_PATH_LEN,
+    Event, EventHead, TallyCount, TallyKey, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6,
+    EVENT_CONNECT_UNIX, EVENT_EXEC, EVENT_KILLED, EVENT_NONCANONICAL, EVENT_OBSERVED,
+    EVENT_RAW_SOCKET, EVENT_SENDMSG4, EVENT_SENDMSG6, EVENT_SENDMSG_UNIX, PATH_LEN,
+    UNIX_PATH_LEN,
 };
 use bridle_engine::Code;
 use std::{
@@ -118,6 +119,11 @@ pub struct Decided {
     pub workload: u64,
     /// The permit the kernel entry came from (0: none).
     pub permit_id: u64,
+    /// How many decisions this stands for: 1 for an event, the counted repeats for a tally.
+    pub count: u64,
+    /// For a tally: the `CLOCK_BOOTTIME` ns of the key's first decision and of (about) the
+    /// last one counted.
+    pub span: Option<(u64, u64)>,
 }
 
 impl Decided {
@@ -168,7 +174,49 @@ impl Decided {
             comm: c_string(&ev.comm),
             workload: ev.workload,
             permit_id: ev.permit_id,
+            count: 1,
+            span: None,
         })
+    }
+
+    /// The decisions a tally counted under `key` (see agent/src/kernel/tally.rs); `None` if
+    /// its kind is not a socket decision this version knows.
+    pub fn tallied(key: &TallyKey, counted: &TallyCount) -> Option<Decided> {
+        let ev = EventHead {
+            kind: key.kind,
+            effect: EFFECT_PERMIT,
+            code: key.code,
+            flags: 0,
+            rule: key.rule,
+            pid: key.tgid,
+            tgid: key.tgid,
+            uid: key.uid,
+            port: key.port,
+            _pad: 0,
+            workload: key.workload,
+            cgroup: 0,
+            time_ns: counted.first_ns,
+            permit_id: key.permit_id,
+            dev: 0,
+            ino: 0,
+            addr: key.addr,
+            comm: key.comm,
+        };
+        if ev.kind == EVENT_EXEC {
+            return None;
+        }
+        // SAFETY: EventHead is plain old data; viewing it as bytes reads every initialised
+        // field and the explicit padding, nothing else.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const EventHead).cast::<u8>(),
+                std::mem::size_of::<EventHead>(),
+            )
+        };
+        let mut decided = Decided::decode(bytes)?;
+        decided.count = counted.count;
+        decided.span = Some((counted.first_ns, counted.last_ns));
+        Some(decided)
     }
 
     /// The one-line report for an operator, e.g.
@@ -187,6 +235,11 @@ impl Decided {
                 "bridle: observed {} ({}: would be refused, {code}{rule})",
                 self.operation,
                 Code::Observed.as_str()
+            )
+        } else if self.span.is_some() {
+            format!(
+                "bridle: permitted {} {} more times ({code}{rule})",
+                self.operation, self.count
             )
         } else if self.permitted {
             format!("bridle: permitted {} ({code}{rule})", self.operation)
@@ -247,6 +300,8 @@ pub struct Described {
     pub line: String,
     /// The audit record's fields.
     pub record: bridle_trust::audit::RecordFields,
+    /// For a tally: how many decisions the record stands for, and when (Unix ns).
+    pub repeats: Option<bridle_trust::audit::Repeats>,
 }
 
 impl Decided {
@@ -295,8 +350,35 @@ impl Decided {
             rule,
             permit_id: (self.permit_id != 0).then_some(self.permit_id),
         };
-        Described { line, record }
+        let repeats = self.span.map(|(first, last)| bridle_trust::audit::Repeats {
+            count: self.count,
+            first: boot_to_unix(first),
+            last: boot_to_unix(last),
+        });
+        Described {
+            line,
+            record,
+            repeats,
+        }
     }
+}
+
+/// The Unix time (ns) of a `CLOCK_BOOTTIME` instant in the past, by the two clocks' offset now
+/// (a wall clock stepped since then shifts it; the audit trail's own times do the same).
+pub fn boot_to_unix(boot_ns: u64) -> u64 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: one valid timespec out-parameter.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    };
+    let (unix, boot) = (read(libc::CLOCK_REALTIME), read(libc::CLOCK_BOOTTIME));
+    unix.saturating_sub(boot.saturating_sub(boot_ns))
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -441,6 +523,50 @@ mod tests {
         assert_eq!(
             Decided::decode(head).map(|d| d.operation),
             Some(Operation::Connect("10.1.2.3:443".parse().expect("addr")))
+        );
+    }
+
+    #[test]
+    fn a_tally_decodes_as_the_same_decision_with_its_count() {
+        let mut ev = event(EVENT_SENDMSG6);
+        ev.effect = EFFECT_PERMIT;
+        ev.code = Code::Permitted.index();
+        ev.rule = 3;
+        ev.permit_id = 99;
+        ev.addr[15] = 1;
+        ev.comm[..4].copy_from_slice(b"curl");
+        let key = TallyKey {
+            workload: ev.workload,
+            permit_id: 99,
+            tgid: ev.tgid,
+            uid: ev.uid,
+            rule: 3,
+            port: ev.port,
+            kind: EVENT_SENDMSG6,
+            code: Code::Permitted.index(),
+            addr: ev.addr,
+            comm: ev.comm,
+        };
+        let counted = TallyCount {
+            count: 41,
+            first_ns: 5,
+            last_ns: 9,
+        };
+        let tallied = Decided::tallied(&key, &counted).expect("a socket kind");
+        let one = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(tallied.count, 41);
+        assert_eq!(tallied.span, Some((5, 9)));
+        assert_eq!(
+            Decided {
+                count: 1,
+                span: None,
+                ..tallied.clone()
+            },
+            one
+        );
+        assert_eq!(
+            tallied.report_line(|_| Some("api".into())),
+            "bridle: permitted sendto [::1]:443 41 more times (PERMITTED, rule api)"
         );
     }
 }
