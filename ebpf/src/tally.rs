@@ -6,9 +6,9 @@
 //! The first decision of a key is still an event, so the audit trail names it at once; the
 //! repeats reach the audit trail as counts when user space harvests the map.
 //!
-//! The map is reached through `TALLIES[0]`, an array of maps, so that user space can swap in an
-//! empty map and harvest the old one: the kernel waits, inside that swap, for every program
-//! that may still hold the old map to finish, so a count read after it is final (see
+//! The map is reached through `TALLIES[TALLY_CURRENT]`, an array of maps, so that user space can
+//! swap in an empty map and harvest the old one: the kernel waits, inside that swap, for every
+//! program that may still hold the old map to finish, so a count read after it is final (see
 //! agent/src/kernel/tally.rs).
 
 use aya_ebpf::{
@@ -17,7 +17,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::btf_map,
 };
-use bridle_common::{TallyCount, TallyKey, STAT_EVENTS_LOST, TALLY_ENTRIES};
+use bridle_common::{TallyCount, TallyKey, STAT_EVENTS_LOST, TALLY_CURRENT, TALLY_ENTRIES};
 
 use crate::{count, current_comm, emit_head, Judgement};
 
@@ -25,10 +25,10 @@ use crate::{count, current_comm, emit_head, Judgement};
 type Tally =
     HashMap<TallyKey, TallyCount, { TALLY_ENTRIES as usize }, { BPF_F_NO_PREALLOC as usize }>;
 
-/// The current tally map at index 0; empty (no tally, every permit an event) until user space
-/// puts one there.
+/// The current tally map at `TALLY_CURRENT`; empty (no tally, every permit an event) until user
+/// space puts one there. `TALLY_PARKED` holds a map being harvested, for user space alone.
 #[btf_map]
-static TALLIES: ArrayOfMaps<Tally, 1> = ArrayOfMaps::new();
+static TALLIES: ArrayOfMaps<Tally, 2> = ArrayOfMaps::new();
 
 unsafe extern "C" {
     /// `__sync_fetch_and_add(counter, 1)` (core.c): the Rust BPF target has no atomic
@@ -41,7 +41,7 @@ unsafe extern "C" {
 /// silently: a decision that is neither counted nor queued counts as a lost event.
 #[inline(always)]
 pub(crate) fn permit(j: &Judgement, kind: u8, port: u16, addr: &[u8; 16]) {
-    let Some(tally) = TALLIES.get(0) else {
+    let Some(tally) = TALLIES.get(TALLY_CURRENT) else {
         if !emit_head(j, kind, 0, port, addr) {
             count(STAT_EVENTS_LOST);
         }

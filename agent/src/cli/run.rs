@@ -251,7 +251,9 @@ fn confine_and_wait(
         dns_tx,
     )?;
     // The tally map is in place before the programs are attached: no permit goes uncounted.
-    let mut tallies = enforcer.tallies()?;
+    let mut tallies = enforcer
+        .tallies()?
+        .context("the freshly loaded object has no tally map")?;
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
     // The fanotify tier. The task table records the first process when it moves itself into
@@ -371,6 +373,11 @@ fn confine_and_wait(
                 reporter.handle_tally(key, counts)?;
                 recorded = true;
             }
+            reporter
+                .audit
+                .write_out()
+                .context("writing the audit trail")?;
+            tallies.release()?;
             next_harvest = Instant::now() + HARVEST_EVERY;
         }
         if Instant::now() >= next_sweep {
@@ -429,6 +436,7 @@ fn confine_and_wait(
     for (key, counts) in &counted {
         reporter.handle_tally(key, counts)?;
     }
+    tallies.release()?;
     while let Some(decision) = decisions.try_recv() {
         reporter.handle_ask(decision)?;
     }

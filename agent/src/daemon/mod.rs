@@ -236,6 +236,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     // Counts a previous daemon left in the pinned tally map are harvested with the first
     // harvest; from here on this daemon swaps the maps.
     let mut tallies = enforcer.tallies()?;
+    if tallies.is_none() {
+        warn!("the pinned programs predate tallies: every permitted connect is an event");
+    }
     let key = Issuer::open(&config.state_dir, Duration::from_secs(600))?.key();
     let audit = AuditWriter::open(
         &config.state_dir.join("audit"),
@@ -317,7 +320,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         }
         recorded |= daemon.record_dns();
         if Instant::now() >= next_harvest {
-            recorded |= daemon.harvest(&mut tallies, &mut events);
+            let (counted, seen) = daemon.harvest(&mut tallies, &mut events);
+            recorded |= counted;
+            created |= seen;
             next_harvest = Instant::now() + HARVEST_EVERY;
         }
         // Each batch reaches the disk before the next wait: a daemon killed afterwards loses
@@ -374,7 +379,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     daemon.stop_resolvers();
     // What was counted so far goes to this daemon's trail; what is counted from now on waits
     // in the pinned tally map for the next daemon.
-    daemon.harvest(&mut tallies, &mut events);
+    let _ = daemon.harvest(&mut tallies, &mut events);
     drop(server);
     daemon.audit.close().context("closing the audit trail")?;
     Ok(ExitCode::SUCCESS)
@@ -892,23 +897,35 @@ impl Daemon {
         }
     }
 
-    /// Swaps the tally map and records its counts, after the events queued until the swap
-    /// (see kernel::tally). Returns whether anything was recorded.
+    /// Harvests the tally map and records its counts after the events queued until the swap
+    /// (see kernel::tally); the counts are released once they are in the file, so a daemon
+    /// killed meanwhile leaves them to the next. Returns whether anything was recorded, and
+    /// whether the events drained said a cgroup was created.
     fn harvest(
         &mut self,
-        tallies: &mut Tallies,
+        tallies: &mut Option<Tallies>,
         events: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    ) -> bool {
+    ) -> (bool, bool) {
+        let Some(tallies) = tallies else {
+            return (false, false);
+        };
         let counted = match tallies.harvest() {
             Ok(counted) => counted,
             Err(err) => {
                 error!("harvesting the tallies: {err:#}");
-                return false;
+                return (false, false);
             }
         };
-        let mut recorded = false;
+        let (mut recorded, mut created) = (false, false);
         while let Some(item) = events.next() {
+            if item.first() == Some(&bridle_common::EVENT_CGROUP_CREATED) {
+                created = true;
+                continue;
+            }
             self.record(&item);
+            if let Err(err) = self.audit.write_out() {
+                error!("writing the audit trail: {err:#}");
+            }
             recorded = true;
         }
         for (key, counts) in &counted {
@@ -917,7 +934,16 @@ impl Daemon {
                 recorded = true;
             }
         }
-        recorded
+        match self.audit.write_out() {
+            Ok(()) => {
+                if let Err(err) = tallies.release() {
+                    error!("releasing harvested tallies: {err:#}");
+                }
+            }
+            // Kept parked: the next harvest writes them again.
+            Err(err) => error!("writing the audit trail: {err:#}"),
+        }
+        (recorded, created)
     }
 
     /// Appends one kernel decision to the audit trail (and logs refusals).

@@ -55,8 +55,11 @@ pub const MAP_NAMES: [&str; 12] = [
     "DNS_REDIRECT",
     "DNS_ORIGIN",
     unix::MAP,
-    "TALLIES",
+    TALLIES,
 ];
+
+/// The array of tally maps (see [`tally`]).
+pub const TALLIES: &str = "TALLIES";
 
 /// bridle's programs and maps. Dropping it detaches and unloads everything it loaded and did
 /// not pin.
@@ -412,20 +415,22 @@ impl Enforcer {
     }
 
     /// The reader's handle on the tallies of repeated permitted socket decisions (one reader
-    /// per loaded object: each harvest swaps the map the programs count in).
-    pub fn tallies(&self) -> Result<tally::Tallies> {
+    /// per loaded object: each harvest swaps the map the programs count in). `None` for pins
+    /// adopted from a bridle that predates tallies: its programs count nothing.
+    pub fn tallies(&self) -> Result<Option<tally::Tallies>> {
         use std::os::fd::AsFd;
-        let data: &MapData = match self.objects.map("TALLIES") {
+        let data: &MapData = match self.objects.map(TALLIES) {
             Some(Map::ArrayOfMaps(data)) => data,
-            Some(_) => anyhow::bail!("map TALLIES is not an array of maps"),
-            None => anyhow::bail!("the eBPF object has no map TALLIES"),
+            Some(_) => anyhow::bail!("map {TALLIES} is not an array of maps"),
+            None if self.objects.ebpf.is_none() => return Ok(None),
+            None => anyhow::bail!("the eBPF object has no map {TALLIES}"),
         };
         let fd = data
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .context("duplicating the fd of map TALLIES")?;
-        tally::Tallies::start(fd)
+            .with_context(|| format!("duplicating the fd of map {TALLIES}"))?;
+        tally::Tallies::start(fd).map(Some)
     }
 
     /// Takes the event ring buffer (once).

@@ -3,8 +3,9 @@
 //! The connect and sendmsg programs send the first permitted decision of a key (workload,
 //! process, comm, uid, object, rule, permit: [`TallyKey`]) as an event and count the repeats
 //! in the current tally map, `TALLIES[0]` (ebpf/src/tally.rs). Every [`HARVEST_EVERY`] the
-//! reader harvests: it creates an empty map, puts it at `TALLIES[0]`, reads the counts of the
-//! map it replaced, and writes one counted audit record per key.
+//! reader harvests: it parks the current map at `TALLIES[1]`, puts an empty one at
+//! `TALLIES[0]`, reads the parked map's counts and writes one counted audit record per key;
+//! once those records are on disk it releases the parked map ([`Tallies::release`]).
 //!
 //! # Why the accounting is exact
 //!
@@ -19,31 +20,45 @@
 //!   before the update returns (`maybe_wait_bpf_programs` in kernel/bpf/syscall.c: "so that
 //!   userspace, when we return to it, knows that all programs that could be running use the
 //!   new map value"). Programs that started before the swap may still have found the old map;
-//!   every one of them has finished when `set` returns, and programs that start later find the
-//!   new map.
-//! - So once `set` returns, nothing can increment the old map again: its counts are final.
-//!   They are read once and the map is dropped (the kernel frees it with its last reference).
-//!   No entry is ever deleted from a map a program can still reach, so no increment can land
-//!   in a freed or reused entry, and user space never needs to subtract one reading from the
-//!   next.
+//!   every one of them has finished when the update returns, and programs that start later
+//!   find the new map.
+//! - So once the update returns, nothing can increment the old map again: its counts are
+//!   final. They are read once; the map is dropped when released (the kernel frees it with its
+//!   last reference). No entry is ever deleted from a map a program can still reach, so no
+//!   increment can land in a freed or reused entry, and user space never needs to subtract one
+//!   reading from the next.
 //!
 //! Two more properties follow from the same wait: every event a program sent while it held
-//! the old map is in the ring buffer when `set` returns, so a reader that drains the ring
+//! the old map is in the ring buffer when the update returns, so a reader that drains the ring
 //! buffer after [`Tallies::harvest`] and before writing the counts writes a key's first
 //! decision before its repeats; and a harvest after the workload's last task is gone (the end
 //! of `bridle run`) sees every decision.
+//!
+//! # A reader that dies
+//!
+//! The daemon's maps are pinned, and the counts must survive it as its pinned ring buffer's
+//! events do. A map's counts leave `TALLIES[0]` only by way of `TALLIES[1]`, which the pinned
+//! array holds until the reader has written them and released it; a reader that starts finds
+//! the current map at `TALLIES[0]` and keeps it, and reports a map left at `TALLIES[1]` first.
+//! So a daemon killed at any moment loses no count. One killed after writing a parked map's
+//! counts but before releasing it makes the next daemon write them again: as with the events
+//! it had written but not yet consumed, at least once across a kill, exactly once otherwise.
 //!
 //! A map that runs out of room (more than `TALLY_ENTRIES` keys between two harvests) costs
 //! nothing but aggregation: the program sends such a decision as an event. Keys do not outlive
 //! a harvest, so the first decision of a key in every interval is an event again: a steady
 //! stream of one repeated connect makes about one event and one counted record per interval.
 
+use crate::fanotify::bpfmap::BpfMap;
 use anyhow::{Context, Result};
 use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError};
-use bridle_common::{TallyCount, TallyKey, TALLY_ENTRIES};
-use std::{os::fd::OwnedFd, time::Duration};
+use bridle_common::{TallyCount, TallyKey, TALLY_CURRENT, TALLY_ENTRIES, TALLY_PARKED};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    time::Duration,
+};
 
-/// How often the counts go to the audit trail. A swap waits for an RCU grace period (a few
+/// How often the counts go to the audit trail. A swap waits for two RCU grace periods (a few
 /// milliseconds), so this is not the 50 ms the ring buffer is drained at.
 pub const HARVEST_EVERY: Duration = Duration::from_secs(1);
 
@@ -53,15 +68,19 @@ const NO_PREALLOC: u32 = 1;
 
 type Tally = HashMap<MapData, TallyKey, TallyCount>;
 
-/// What harvesting needs of the kernel: tally maps and the `TALLIES` slot. A trait so that the
-/// bookkeeping can be tested without a kernel.
+/// What harvesting needs of the kernel: tally maps and the two `TALLIES` slots. A trait so
+/// that the bookkeeping can be tested without a kernel.
 pub trait TallyMaps {
     /// One tally map.
     type Map;
     /// A new, empty tally map.
     fn create(&mut self) -> Result<Self::Map>;
-    /// Puts `map` at `TALLIES[0]`; returns once no program can reach the map it replaced.
-    fn install(&mut self, map: &Self::Map) -> Result<()>;
+    /// The map at `TALLIES[slot]`, if any.
+    fn get(&self, slot: u32) -> Result<Option<Self::Map>>;
+    /// Puts `map` at `TALLIES[slot]`; returns once no program can reach the map it replaced.
+    fn put(&mut self, slot: u32, map: &Self::Map) -> Result<()>;
+    /// Empties `TALLIES[slot]`.
+    fn clear(&mut self, slot: u32) -> Result<()>;
     /// Whether any key was entered into `map`.
     fn entered(map: &Self::Map) -> Result<bool>;
     /// Every key of `map` and its count.
@@ -71,6 +90,8 @@ pub trait TallyMaps {
 /// The tally maps of a loaded object.
 pub struct Kernel {
     outer: ArrayOfMaps<MapData, Tally>,
+    /// The same map, for deleting an element (aya 0.14 cannot).
+    raw: BpfMap,
 }
 
 impl TallyMaps for Kernel {
@@ -80,12 +101,26 @@ impl TallyMaps for Kernel {
         HashMap::create(TALLY_ENTRIES, NO_PREALLOC).context("creating a tally map")
     }
 
-    fn install(&mut self, map: &Tally) -> Result<()> {
+    fn get(&self, slot: u32) -> Result<Option<Tally>> {
+        match self.outer.get(&slot, 0) {
+            Ok(tally) => Ok(Some(tally)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("reading TALLIES[{slot}]")),
+        }
+    }
+
+    fn put(&mut self, slot: u32, map: &Tally) -> Result<()> {
         // The kernel's update of an array of maps waits for an RCU grace period before it
         // returns (see the module docs): this is the swap's whole guarantee.
         self.outer
-            .set(0, map, 0)
-            .context("putting a new tally map in TALLIES")
+            .set(slot, map, 0)
+            .with_context(|| format!("putting a tally map in TALLIES[{slot}]"))
+    }
+
+    fn clear(&mut self, slot: u32) -> Result<()> {
+        self.raw
+            .delete(&slot)
+            .with_context(|| format!("emptying TALLIES[{slot}]"))
     }
 
     fn entered(map: &Tally) -> Result<bool> {
@@ -102,68 +137,76 @@ impl TallyMaps for Kernel {
 /// The reader's handle on the tallies of one loaded object.
 pub struct Tallies<M: TallyMaps = Kernel> {
     maps: M,
-    /// The map at `TALLIES[0]`, as this process put it there (`None` before the first swap).
-    current: Option<M::Map>,
-    /// Counts read from a map an earlier process left at `TALLIES[0]` (a daemon restarted over
-    /// its pins), reported with the first harvest.
-    leftover: Vec<(TallyKey, TallyCount)>,
+    /// The map at `TALLIES[0]`.
+    current: M::Map,
+    /// The map at `TALLIES[1]` whose counts a harvest returned, until they are released.
+    parked: Option<M::Map>,
 }
 
 impl Tallies<Kernel> {
-    /// Takes over `TALLIES` (`outer` is a descriptor of it): puts an empty map in place and
-    /// keeps the counts of any map an earlier reader left there, for the first harvest.
+    /// Takes over `TALLIES` (`outer` is a descriptor of it).
     pub fn start(outer: OwnedFd) -> Result<Tallies<Kernel>> {
+        let raw = BpfMap::new(
+            outer
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating the fd of map TALLIES")?,
+        );
         let data = MapData::from_fd(outer).context("opening the TALLIES map")?;
         let map = Map::from_map_data(data).context("the TALLIES map has an unknown type")?;
         let outer: ArrayOfMaps<MapData, Tally> =
             ArrayOfMaps::try_from(map).context("TALLIES is not an array of maps")?;
-        let previous = match outer.get(&0, 0) {
-            Ok(tally) => Some(tally),
-            Err(MapError::KeyNotFound) => None,
-            Err(err) => return Err(err).context("reading TALLIES[0]"),
-        };
-        Tallies::with_maps(Kernel { outer }, previous)
+        Tallies::with_maps(Kernel { outer, raw })
     }
 }
 
 impl<M: TallyMaps> Tallies<M> {
-    /// Puts a new map in place; `previous` is the map found there, harvested first.
-    pub fn with_maps(maps: M, previous: Option<M::Map>) -> Result<Tallies<M>> {
-        let mut tallies = Tallies {
-            maps,
-            current: None,
-            leftover: Vec::new(),
-        };
-        tallies.swap()?;
-        if let Some(previous) = previous {
-            tallies.leftover = counted(M::read(&previous)?);
-        }
-        Ok(tallies)
-    }
-
-    /// Swaps in an empty map and returns the final counts of the one it replaces, one entry per
-    /// key that counted anything. Cheap when nothing was entered since the last harvest: then
-    /// there is no swap.
-    pub fn harvest(&mut self) -> Result<Vec<(TallyKey, TallyCount)>> {
-        let mut out = std::mem::take(&mut self.leftover);
-        let entered = match &self.current {
-            Some(current) => M::entered(current)?,
-            None => true,
-        };
-        if entered {
-            if let Some(old) = self.swap()? {
-                out.extend(counted(M::read(&old)?));
+    /// Keeps the map at `TALLIES[0]` (an earlier reader's, still counting) or puts an empty
+    /// one there; a map an earlier reader left parked is harvested first.
+    pub fn with_maps(mut maps: M) -> Result<Tallies<M>> {
+        let current = match maps.get(TALLY_CURRENT)? {
+            Some(current) => current,
+            None => {
+                let fresh = maps.create()?;
+                maps.put(TALLY_CURRENT, &fresh)?;
+                fresh
             }
-        }
-        Ok(out)
+        };
+        let parked = maps.get(TALLY_PARKED)?;
+        Ok(Tallies {
+            maps,
+            current,
+            parked,
+        })
     }
 
-    /// Puts a new empty map at `TALLIES[0]`; returns the one this process had put there. When
-    /// this returns, no program can reach the returned map any more (see the module docs).
-    fn swap(&mut self) -> Result<Option<M::Map>> {
-        let fresh = self.maps.create()?;
-        self.maps.install(&fresh)?;
-        Ok(self.current.replace(fresh))
+    /// The final counts of the keys that counted anything since the last harvest: parks the
+    /// current map and swaps in an empty one (no swap when no key was entered). The counts
+    /// stay parked in the kernel until [`Tallies::release`], which the caller calls once it has
+    /// written them; until then a harvest returns the parked counts again.
+    pub fn harvest(&mut self) -> Result<Vec<(TallyKey, TallyCount)>> {
+        if self.parked.is_none() {
+            if !M::entered(&self.current)? {
+                return Ok(Vec::new());
+            }
+            let fresh = self.maps.create()?;
+            // Parked first, so the counts are never held by this process alone.
+            self.maps.put(TALLY_PARKED, &self.current)?;
+            self.maps.put(TALLY_CURRENT, &fresh)?;
+            self.parked = Some(std::mem::replace(&mut self.current, fresh));
+        }
+        match &self.parked {
+            Some(parked) => Ok(counted(M::read(parked)?)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Releases the parked map once its counts are written (a no-op when nothing is parked).
+    pub fn release(&mut self) -> Result<()> {
+        if self.parked.take().is_some() {
+            self.maps.clear(TALLY_PARKED)?;
+        }
+        Ok(())
     }
 }
 
@@ -183,12 +226,15 @@ mod tests {
 
     type Shared = Rc<RefCell<Std<TallyKey, TallyCount>>>;
 
-    /// A kernel in miniature: the map installed at `TALLIES[0]` (the programs' side of the
-    /// protocol is `decide`).
+    /// The two `TALLIES` slots, shared with the test (a pinned array outlives its reader).
+    type Slots = Rc<RefCell<[Option<Shared>; 2]>>;
+
+    /// A kernel in miniature: the `TALLIES` slots (the programs' side of the protocol is
+    /// `decide`, which counts in slot 0).
     #[derive(Default)]
     struct Fake {
-        installed: Rc<RefCell<Option<Shared>>>,
-        installs: Rc<Cell<u32>>,
+        slots: Slots,
+        swaps: Rc<Cell<u32>>,
     }
 
     impl TallyMaps for Fake {
@@ -198,9 +244,20 @@ mod tests {
             Ok(Shared::default())
         }
 
-        fn install(&mut self, map: &Shared) -> Result<()> {
-            *self.installed.borrow_mut() = Some(Rc::clone(map));
-            self.installs.set(self.installs.get() + 1);
+        fn get(&self, slot: u32) -> Result<Option<Shared>> {
+            Ok(self.slots.borrow()[slot as usize].clone())
+        }
+
+        fn put(&mut self, slot: u32, map: &Shared) -> Result<()> {
+            self.slots.borrow_mut()[slot as usize] = Some(Rc::clone(map));
+            if slot == TALLY_CURRENT {
+                self.swaps.set(self.swaps.get() + 1);
+            }
+            Ok(())
+        }
+
+        fn clear(&mut self, slot: u32) -> Result<()> {
+            self.slots.borrow_mut()[slot as usize] = None;
             Ok(())
         }
 
@@ -225,7 +282,7 @@ mod tests {
     /// entered (room permitting) and sent as an event; a full ring buffer falls back to the
     /// count, a full map to an event, both full to the loss counter.
     fn decide(
-        installed: &RefCell<Option<Shared>>,
+        slots: &Slots,
         capacity: usize,
         key: TallyKey,
         now: u64,
@@ -240,7 +297,8 @@ mod tests {
                 true
             }
         };
-        let Some(map) = installed.borrow().clone() else {
+        let current = slots.borrow()[TALLY_CURRENT as usize].clone();
+        let Some(map) = current else {
             if !emit(sent) {
                 sent.lost += 1;
             }
@@ -296,8 +354,8 @@ mod tests {
     fn every_decision_is_an_event_a_count_or_counted_lost_exactly_once() {
         for (capacity, ring_full_every) in [(64, 0), (3, 0), (64, 5), (2, 3), (0, 4)] {
             let fake = Fake::default();
-            let installed = Rc::clone(&fake.installed);
-            let mut tallies = Tallies::with_maps(fake, None).expect("start");
+            let slots = Rc::clone(&fake.slots);
+            let mut tallies = Tallies::with_maps(fake).expect("start");
             let mut sent = Sent::default();
             let mut counted: Std<TallyKey, u64> = Std::new();
             let mut decided: Std<TallyKey, u64> = Std::new();
@@ -312,16 +370,18 @@ mod tests {
                         assert!(c.first_ns <= c.last_ns);
                         *counted.entry(k).or_default() += c.count;
                     }
+                    tallies.release().expect("release");
                     continue;
                 }
                 let k = key((rng % 11) as u8);
                 let ring_full = ring_full_every != 0 && rng.is_multiple_of(ring_full_every);
-                decide(&installed, capacity, k, now, ring_full, &mut sent);
+                decide(&slots, capacity, k, now, ring_full, &mut sent);
                 *decided.entry(k).or_default() += 1;
             }
             for (k, c) in tallies.harvest().expect("last harvest") {
                 *counted.entry(k).or_default() += c.count;
             }
+            tallies.release().expect("release");
             let total: u64 = decided.values().sum();
             let events: u64 = sent.events.values().sum();
             let counts: u64 = counted.values().sum();
@@ -348,25 +408,53 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_interval_costs_no_swap_and_a_predecessors_counts_come_first() {
-        let previous: Shared = Shared::default();
-        let counts = TallyCount {
-            count: 5,
-            first_ns: 1,
-            last_ns: 2,
-        };
-        previous.borrow_mut().insert(key(1), counts);
-        previous.borrow_mut().insert(key(2), TallyCount::default());
+    fn a_quiet_interval_costs_no_swap() {
         let fake = Fake::default();
-        let installs = Rc::clone(&fake.installs);
-        let installed = Rc::clone(&fake.installed);
-        let mut tallies = Tallies::with_maps(fake, Some(previous)).expect("start");
-        assert_eq!(installs.get(), 1, "the start puts a fresh map in place");
-        assert_eq!(tallies.harvest().expect("harvest"), vec![(key(1), counts)]);
-        assert_eq!(installs.get(), 1, "nothing was entered: no swap");
-        let mut sent = Sent::default();
-        decide(&installed, 8, key(3), 10, false, &mut sent);
+        let (slots, swaps) = (Rc::clone(&fake.slots), Rc::clone(&fake.swaps));
+        let mut tallies = Tallies::with_maps(fake).expect("start");
+        assert_eq!(swaps.get(), 1, "the start puts an empty map in place");
         assert_eq!(tallies.harvest().expect("harvest"), vec![]);
-        assert_eq!(installs.get(), 2, "an entered key costs a swap");
+        assert_eq!(swaps.get(), 1, "nothing was entered: no swap");
+        let mut sent = Sent::default();
+        decide(&slots, 8, key(3), 10, false, &mut sent);
+        assert_eq!(tallies.harvest().expect("harvest"), vec![]);
+        assert_eq!(swaps.get(), 2, "an entered key costs a swap");
+        tallies.release().expect("release");
+        assert!(slots.borrow()[TALLY_PARKED as usize].is_none());
+    }
+
+    /// A reader killed at any point of a harvest loses no count; killed after writing the
+    /// counts but before releasing them, its successor writes them again (at least once).
+    #[test]
+    fn a_reader_killed_mid_harvest_leaves_every_count_to_the_next() {
+        let fake = Fake::default();
+        let slots = Rc::clone(&fake.slots);
+        let mut first = Tallies::with_maps(fake).expect("start");
+        let mut sent = Sent::default();
+        for now in 0..10 {
+            decide(&slots, 8, key(1), now, false, &mut sent);
+        }
+        let counts = first.harvest().expect("harvest");
+        assert_eq!(counts.iter().map(|(_, c)| c.count).sum::<u64>(), 9);
+        // Killed before release: the parked counts are the successor's first harvest.
+        drop(first);
+        for now in 10..15 {
+            decide(&slots, 8, key(1), now, false, &mut sent);
+        }
+        let mut second = Tallies::with_maps(Fake {
+            slots: Rc::clone(&slots),
+            ..Fake::default()
+        })
+        .expect("restart");
+        assert_eq!(
+            second.harvest().expect("harvest"),
+            counts,
+            "parked counts first"
+        );
+        second.release().expect("release");
+        // The map the first reader left counting is kept: nothing counted meanwhile is lost.
+        let later = second.harvest().expect("harvest");
+        assert_eq!(later.iter().map(|(_, c)| c.count).sum::<u64>(), 4);
+        assert_eq!(sent.events.values().sum::<u64>(), 2);
     }
 }

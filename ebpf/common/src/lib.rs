@@ -472,6 +472,12 @@ pub struct TallyCount {
     pub last_ns: u64,
 }
 
+/// The slot of `TALLIES` the programs count in.
+pub const TALLY_CURRENT: u32 = 0;
+/// The slot of `TALLIES` where user space parks a map it is harvesting, so that a reader that
+/// dies before its counts are written leaves them to the next (the programs never look here).
+pub const TALLY_PARKED: u32 = 1;
+
 /// Capacity of one tally map: distinct keys between two harvests. A decision whose key finds
 /// no room is sent as an event, as if there were no tally.
 pub const TALLY_ENTRIES: u32 = 1 << 14;
