@@ -386,3 +386,109 @@ fn every_kernel_entry_is_signed_and_every_decision_audited() {
         assert!(line.contains(&format!("rule={rule}")), "{line}");
     }
 }
+
+/// A port nothing listens on: bound for a moment, then released, so a connect to it is
+/// answered at once (refused by the peer, or a port-unreachable for UDP).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port()
+}
+
+#[test]
+fn repeated_permits_are_counted_exactly_and_refusals_stay_individual() {
+    require_root();
+    let _k = kernel_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tcp, udp, refused) = (closed_port(), closed_port(), closed_port());
+    let policy = dir.path().join("policy.toml");
+    fs::write(
+        &policy,
+        format!(
+            r#"
+name = "tally"
+default = "refuse"
+
+[[rule]]
+name = "system"
+effect = "permit"
+exec = ["/usr/bin/*", "/bin/*", "{probe}"]
+
+[[rule]]
+name = "peers"
+effect = "permit"
+connect = ["127.0.0.1:{tcp}", "127.0.0.1:{udp}"]
+"#,
+            probe = probe().display()
+        ),
+    )
+    .expect("write policy");
+    // One process connects long enough (well over a second) for the reader to harvest the
+    // tally while it is being counted into; another counts under its own key at the same
+    // time, on whichever CPU; then one refused connect.
+    const TCP: u64 = 150_000;
+    const UDP: u64 = 40_000;
+    let script = format!(
+        "$PROBE udp-loop 127.0.0.1:{udp} {UDP} >/dev/null & \
+         $PROBE connect-loop 127.0.0.1:{tcp} {TCP} >/dev/null; wait; \
+         $PROBE connect 127.0.0.1:{refused}"
+    );
+    let f = finish(bridle_run(&policy, &[], &script), DEADLINE * 3);
+    assert_eq!(f.code, 1, "the refused connect fails\n{}", show(&f));
+    assert!(
+        f.stdout
+            .contains(&format!("connect 127.0.0.1:{refused}: errno {EPERM}")),
+        "{}",
+        show(&f)
+    );
+    assert!(!f.stderr.contains("were lost"), "{}", show(&f));
+    assert_clean("after the counted run");
+
+    let state = dir.path().join("state");
+    let audit = bridle(&state, &["audit", "verify"]);
+    assert_eq!(audit.code, 0, "{}", show(&audit));
+    let export = bridle(&state, &["audit", "export", "--format", "jsonl"]);
+    assert_eq!(export.code, 0, "{}", show(&export));
+    let records: Vec<serde_json::Value> = export
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    let of = |port: u16| -> Vec<&serde_json::Value> {
+        let object = format!("127.0.0.1:{port}");
+        records.iter().filter(|r| r["object"] == object).collect()
+    };
+    for (port, n) in [(tcp, TCP), (udp, UDP)] {
+        let recs = of(port);
+        let total: u64 = recs
+            .iter()
+            .map(|r| r.get("count").and_then(|c| c.as_u64()).unwrap_or(1))
+            .sum();
+        assert_eq!(total, n, "decisions recorded for port {port}: {recs:#?}");
+        for r in &recs {
+            assert_eq!(r["action"], "connect");
+            assert_eq!(r["effect"], "permit");
+            assert_eq!(r["code"], "PERMITTED");
+            assert_eq!(r["rule"], "peers");
+            assert!(r["permit_id"].as_u64().is_some(), "{r}");
+            assert_eq!(r["comm"], "bridle-probe");
+            if let Some(count) = r.get("count") {
+                assert!(count.as_u64().is_some_and(|c| c > 0), "{r}");
+                let (first, last) = (r["first"].as_u64(), r["last"].as_u64());
+                assert!(first.is_some() && first <= last, "{r}");
+            }
+        }
+        // The point of counting: far fewer records than decisions.
+        assert!(recs.len() < 50, "{} records for {n} decisions", recs.len());
+    }
+    let refusals = of(refused);
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    let r = refusals[0];
+    assert_eq!(r["effect"], "refuse");
+    assert_eq!(r["code"], "NO_MATCHING_RULE");
+    assert!(
+        r.get("count").is_none(),
+        "a refusal is an individual record: {r}"
+    );
+}

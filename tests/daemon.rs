@@ -1111,6 +1111,85 @@ fn events_follow_streams_each_decision_of_the_workload_asked() {
     );
 }
 
+/// The decisions the audit trail holds for `object`: every record counts as its `count`
+/// (absent: one).
+fn decisions_for(s: &Setup, object: &str) -> u64 {
+    let export = s.bridle(&["audit", "export", "--format", "jsonl"]);
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    export
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["object"] == object)
+        .map(|r| r.get("count").and_then(|c| c.as_u64()).unwrap_or(1))
+        .sum()
+}
+
+#[test]
+fn counted_permits_survive_a_restart_exactly_and_a_killed_daemon_at_least_once() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("tally");
+    let probe = env!("CARGO_BIN_EXE_bridle-probe");
+    // Closed ports: a connect is judged and answered at once.
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port()
+    };
+    let (clean, killed) = (port(), port());
+    fs::write(
+        s.dir.path().join("policies/p.toml"),
+        format!(
+            "{REFUSE_TOUCH}\n[[rule]]\nname = \"probe\"\neffect = \"permit\"\nexec = [\"{probe}\"]\n\n[[rule]]\nname = \"peers\"\neffect = \"permit\"\nconnect = [\"127.0.0.1:{clean}\", \"127.0.0.1:{killed}\"]\n"
+        ),
+    )
+    .expect("policy");
+    s.start();
+    let cg = s.group.join("agent");
+    fs::create_dir_all(&cg).expect("workload cgroup");
+    s.wait_workloads(1);
+    let connects = |port: u16, n: u64| {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && {probe} connect-loop 127.0.0.1:{port} {n} >/dev/null",
+                cg.join("cgroup.procs").display()
+            ))
+            .spawn()
+            .expect("connect loop")
+    };
+    // Counted under one daemon, the rest under the next after a clean stop.
+    const N: u64 = 30_000;
+    assert!(connects(clean, N).wait().expect("wait").success());
+    s.signal(libc::SIGTERM);
+    s.start();
+    assert!(connects(clean, N).wait().expect("wait").success());
+    // A daemon killed while the workload connects: the counts wait in the pinned maps.
+    let mut load = connects(killed, 4 * N);
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    s.start();
+    assert!(load.wait().expect("wait").success());
+    // A clean stop harvests what is left.
+    s.signal(libc::SIGTERM);
+    assert_eq!(
+        decisions_for(&s, &format!("127.0.0.1:{clean}")),
+        2 * N,
+        "{}",
+        s.log()
+    );
+    // Killed between writing counts and releasing them, a daemon's counts are written again
+    // by the next: at least once.
+    assert!(
+        decisions_for(&s, &format!("127.0.0.1:{killed}")) >= 4 * N,
+        "{}",
+        s.log()
+    );
+}
+
 /// The fields of one datagram of the journal's native protocol: `KEY=value` lines, or `KEY`,
 /// a newline, a little-endian 64-bit length and that many bytes (for values with newlines).
 fn journal_fields(mut data: &[u8]) -> BTreeMap<String, String> {

@@ -63,7 +63,10 @@ fn run(args: &[String]) -> i32 {
         }
         [cmd, path] if cmd == "unix-send" => report(cmd, path, unix(path, libc::SOCK_DGRAM, false)),
         [cmd, addr, n] if cmd == "udp-loop" => udp_loop(addr, n),
-        [cmd, addr, rate, millis] if cmd == "udp-rate" => udp_rate(addr, rate, millis),
+        [cmd, addr, rate, millis] if cmd == "udp-rate" => udp_rate(addr, rate, millis, false),
+        [cmd, addr, rate, millis, spread] if cmd == "udp-rate" && spread == "spread" => {
+            udp_rate(addr, rate, millis, true)
+        }
         [cmd, n, path] if cmd == "exec-loop" => exec_loop(n, path),
         [cmd, n, path, allow @ ..] if cmd == "landlock-exec-loop" => {
             landlock_exec_loop(n, path, allow)
@@ -79,7 +82,8 @@ fn run(args: &[String]) -> i32 {
             eprintln!(
                 "usage: bridle-probe connect ADDR | connect-loop ADDR N | exec HOW FILE ARGS... \
                  | udp-send ADDR | tfo ADDR | uring-connect ADDR | raw-socket | packet-socket \
-                 | unix-connect PATH | unix-connect-padded PATH | unix-send PATH | udp-loop ADDR N | udp-rate ADDR RATE MILLIS \
+                 | unix-connect PATH | unix-connect-padded PATH | unix-send PATH | udp-loop ADDR N \
+                 | udp-rate ADDR RATE MILLIS [spread] \
                  | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE \
                  | resolve NAME | resolve-connect NAME PORT | after FILE COMMAND… | bpf-ids \
                  | ptrace PID | setns PATH"
@@ -449,9 +453,10 @@ fn udp_loop(addr: &str, n: &str) -> i32 {
 }
 
 /// UDP connects paced at `rate` per second for `millis` milliseconds (0: as fast as possible);
-/// prints `OPS ACHIEVED_PER_SECOND`. The event-path benchmark drives bridle's decision events
-/// with it: every permitted connect is one event.
-fn udp_rate(addr: &str, rate: &str, millis: &str) -> i32 {
+/// prints `OPS ACHIEVED_PER_SECOND`. The event-path benchmark drives bridle's decisions with
+/// it: to one destination (repeats the kernel counts), or with `spread` to a new address of
+/// ADDR's /8 each time (every decision a distinct one, sent as an event).
+fn udp_rate(addr: &str, rate: &str, millis: &str, spread: bool) -> i32 {
     let (Ok(sock), Ok(rate), Ok(millis)) = (
         addr.parse::<std::net::SocketAddrV4>(),
         rate.parse::<u64>(),
@@ -460,7 +465,8 @@ fn udp_rate(addr: &str, rate: &str, millis: &str) -> i32 {
         eprintln!("bad arguments {addr} {rate} {millis}");
         return 2;
     };
-    let sa = sockaddr_in(&sock);
+    let mut sa = sockaddr_in(&sock);
+    let base = u32::from(*sock.ip());
     let length = Duration::from_millis(millis);
     let start = Instant::now();
     let mut ops: u64 = 0;
@@ -480,6 +486,11 @@ fn udp_rate(addr: &str, rate: &str, millis: &str) -> i32 {
                 }
                 continue;
             }
+        }
+        if spread {
+            // The next address of the /8, keeping its first octet (127.x.y.z all reach loopback).
+            let next = (base & 0xff00_0000) | (base.wrapping_add(ops as u32) & 0x00ff_ffff);
+            sa.sin_addr.s_addr = next.to_be();
         }
         udp_once(&sa, false);
         ops += 1;

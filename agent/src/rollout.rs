@@ -52,7 +52,7 @@ pub struct ReportLine {
     pub action: String,
     /// The file, address or name.
     pub object: String,
-    /// How many records.
+    /// How many decisions (a counted record counts as its `count`).
     pub count: u64,
     /// The first and last time (Unix ns).
     pub first: u64,
@@ -87,9 +87,10 @@ impl Report {
             .lines
             .entry(key)
             .or_insert((0, record.time, record.time));
-        entry.0 += 1;
-        entry.1 = entry.1.min(record.time);
-        entry.2 = entry.2.max(record.time);
+        // A counted record stands for that many decisions, taken from `first` on.
+        entry.0 += record.decisions();
+        entry.1 = entry.1.min(record.first.unwrap_or(record.time));
+        entry.2 = entry.2.max(record.last.unwrap_or(record.time));
     }
 
     /// The tally, by workload, then rule, then operation.
@@ -316,6 +317,9 @@ mod tests {
             code,
             rule: None,
             permit_id: None,
+            count: None,
+            first: None,
+            last: None,
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -363,3 +363,10 @@ __attribute__((always_inline)) int bridle_read_unix_addr(void *ctx, unsigned cha
 	*noncanonical = bad;
 	return (int)len;
 }
+
+// Adds one to a counter in a map value, atomically (a BPF atomic add): the Rust BPF target's
+// `core` has no atomic read-modify-write.
+__attribute__((always_inline)) void bridle_count_one(u64 *counter)
+{
+	__sync_fetch_and_add(counter, 1);
+}

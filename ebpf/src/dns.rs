@@ -102,8 +102,11 @@ pub(crate) fn redirect4(ctx: &SockAddrContext) -> bool {
     let Some(r) = resolver() else {
         return false;
     };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&ip.to_ne_bytes());
+    // As in sock::inet4: no zero-filled array on a connect's path.
+    #[cfg(target_endian = "little")]
+    let addr = u128::from(ip).to_le_bytes();
+    #[cfg(target_endian = "big")]
+    let addr = (u128::from(ip) << 96).to_be_bytes();
     remember(ctx, addr);
     // SAFETY: see above.
     unsafe {

@@ -13,23 +13,25 @@ mod sock;
 mod dns;
 // Unix-socket connects and datagram sends.
 mod unix;
+// Repeated permitted socket decisions, counted instead of sent one event each.
+mod tally;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel_str_bytes, bpf_send_signal,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_send_signal, generated as gen,
     },
     macros::{cgroup_sock_addr, map, raw_tracepoint},
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, SockAddrContext},
 };
 use bridle_common::{
-    code, Decision, Event, ExecKey, ExecPlace, ExecPlaceKey, Net4Key, Net6Key, PortRules, Workload,
-    COMM_LEN, EFFECT_NONE, EFFECT_PERMIT, EFFECT_REFUSE, EVENT_CONNECT4, EVENT_CONNECT6,
-    EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED, MAX_CGROUP_DEPTH, PORT_RULES, STAT_COUNT,
-    STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
+    code, Decision, Event, EventHead, ExecKey, ExecPlace, ExecPlaceKey, Net4Key, Net6Key,
+    PortRules, Workload, COMM_LEN, EFFECT_NONE, EFFECT_PERMIT, EFFECT_REFUSE, EVENT_CONNECT4,
+    EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED, MAX_CGROUP_DEPTH, PORT_RULES,
+    STAT_COUNT, STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
 };
 
 const SIGKILL: u32 = 9;
@@ -62,7 +64,14 @@ static NET6_RULES: LpmTrie<Net6Key, PortRules> = LpmTrie::with_max_entries(1 << 
 
 /// Decisions for user space. Permits are queued without a wakeup; refusals wake the reader.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// The ring buffer's size.
+const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Unread bytes beyond which a permit wakes the reader too: it drains on a timer, and a burst
+/// of distinct decisions (each one an event) could otherwise fill the buffer between two ticks.
+const EVENTS_WAKE_AT: u64 = EVENTS_BYTES as u64 / 2;
 
 /// Per-CPU counters (`STAT_*`), so that nothing, not even a lost event, goes uncounted.
 #[map]
@@ -104,13 +113,14 @@ fn live(entry: Option<&Decision>, default: u8, now: u64) -> Decision {
             return *d;
         }
     }
+    // No permit, no expiry (zeros LLVM cannot see: see the note on zeros).
     Decision {
         effect: default,
         code: code::NO_MATCHING_RULE,
         _pad: [0; 2],
         rule: u32::MAX,
-        permit_id: 0,
-        expires_ns: 0,
+        permit_id: zero(),
+        expires_ns: zero(),
     }
 }
 
@@ -121,6 +131,9 @@ struct Judgement {
     workload: u64,
     observe: bool,
     decision: Decision,
+    /// `CLOCK_BOOTTIME` ns when judged: events and tallies reuse it (a clock read costs more
+    /// than the rest of a tally).
+    now: u64,
 }
 
 /// Whether the current task is inside any workload (a walk up its cgroups, nothing more).
@@ -153,11 +166,13 @@ fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
         workload: 0,
         observe: false,
         decision: Decision::default(),
+        now,
     };
     // First the workloads among the task's ancestors (outermost first), then one decision per
     // workload: the verifier walks the decisions (an address's port rules, say) once per
     // workload rather than once per cgroup level, which keeps loading fast.
-    let mut ids = [0u64; NESTING];
+    // Zero as a value LLVM cannot see, or the array costs a memset call (see the note on zeros).
+    let mut ids = [zero(); NESTING];
     let mut found = 0usize;
     let mut too_deep = false;
     for level in 1..=MAX_CGROUP_DEPTH {
@@ -207,22 +222,51 @@ fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
     out
 }
 
-/// Queues an event; refusals wake the reader, permits wait for its timer.
+// A note on zeros: LLVM merges stores of zeros (and copies of values it knows are zero) into a
+// memset, and for this target it then calls `memset`, a byte-at-a-time loop in
+// compiler_builtins, instead of expanding it into a few stores: 16 zero bytes cost more than
+// a map lookup. On the paths every connect takes, zeros therefore come from `zero()`, a value
+// LLVM cannot see, and buffers a helper fills are left uninitialised (`current_comm`).
+
+/// Zero, read where the compiler cannot know it (see the note on zeros).
+static ZERO: u64 = 0;
+
+/// Zero as the compiler cannot fold it into a memset: one load.
 #[inline(always)]
-fn emit(j: &Judgement, kind: u8, flags: u8, fill: impl FnOnce(&mut Event)) {
-    let wake = if j.decision.effect == EFFECT_PERMIT {
-        BPF_RB_NO_WAKEUP
-    } else {
-        BPF_RB_FORCE_WAKEUP
-    };
-    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
-        count(STAT_EVENTS_LOST);
-        return;
-    };
+fn zero() -> u64 {
+    // SAFETY: a read of an initialised static.
+    unsafe { core::ptr::read_volatile(&ZERO) }
+}
+
+/// The current task's comm, read straight into place (aya's wrapper zero-fills a buffer first;
+/// see the note on zeros).
+#[inline(always)]
+fn current_comm() -> [u8; COMM_LEN] {
+    let mut comm = core::mem::MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    // SAFETY: the helper writes all COMM_LEN bytes: the comm NUL-padded, or zeros on failure.
+    unsafe {
+        gen::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        comm.assume_init()
+    }
+}
+
+/// Fills the fields every event has from the judgement and the current task; `port` and
+/// `addr` are the destination of a socket decision (zero for an exec).
+///
+/// # Safety
+/// `ev` points at a reserved, exclusively owned ring-buffer record at least an `EventHead`
+/// long (a ring-buffer record is 8-byte aligned).
+#[inline(always)]
+unsafe fn fill_head(
+    ev: *mut EventHead,
+    j: &Judgement,
+    kind: u8,
+    flags: u8,
+    port: u16,
+    addr: Option<&[u8; 16]>,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let ev = slot.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot of Event size; every
-    // field is written before submit.
+    // SAFETY: the caller's contract; every field is written before submit.
     unsafe {
         (*ev).kind = kind;
         (*ev).effect = j.decision.effect;
@@ -232,20 +276,63 @@ fn emit(j: &Judgement, kind: u8, flags: u8, fill: impl FnOnce(&mut Event)) {
         (*ev).pid = pid_tgid as u32;
         (*ev).tgid = (pid_tgid >> 32) as u32;
         (*ev).uid = bpf_get_current_uid_gid() as u32;
-        (*ev).port = 0;
+        (*ev).port = port;
         (*ev)._pad = 0;
         (*ev).workload = j.workload;
         (*ev).cgroup = bpf_get_current_cgroup_id();
-        (*ev).time_ns = bpf_ktime_get_boot_ns();
+        (*ev).time_ns = j.now;
         (*ev).permit_id = j.decision.permit_id;
-        (*ev).dev = 0;
-        (*ev).ino = 0;
-        (*ev).addr = [0; 16];
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        let zero = zero();
+        (*ev).dev = zero;
+        (*ev).ino = zero;
+        (*ev).addr = match addr {
+            Some(addr) => *addr,
+            None => u128::from(zero).to_ne_bytes(),
+        };
+        (*ev).comm = current_comm();
+    }
+}
+
+/// The submit flags of an event: refusals wake the reader at once; permits wait for its timer
+/// unless the buffer is half full.
+#[inline(always)]
+fn wake_flags(j: &Judgement) -> u64 {
+    if j.decision.effect == EFFECT_PERMIT && EVENTS.query(BPF_RB_AVAIL_DATA as u64) < EVENTS_WAKE_AT
+    {
+        BPF_RB_NO_WAKEUP as u64
+    } else {
+        BPF_RB_FORCE_WAKEUP as u64
+    }
+}
+
+/// Queues a whole event (the exec path included); a full buffer counts it as lost.
+#[inline(always)]
+fn emit(j: &Judgement, kind: u8, flags: u8, fill: impl FnOnce(&mut Event)) {
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        count(STAT_EVENTS_LOST);
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned slot of Event size.
+    unsafe {
+        fill_head(&mut (*ev).head, j, kind, flags, 0, None);
         (*ev).path[0] = 0;
         fill(&mut *ev);
     }
-    slot.submit(wake as u64);
+    slot.submit(wake_flags(j));
+}
+
+/// Queues a socket decision as an event head (a quarter of an exec event's size). Returns
+/// whether it was queued; the caller accounts for one that was not.
+#[inline(always)]
+fn emit_head(j: &Judgement, kind: u8, flags: u8, port: u16, addr: &[u8; 16]) -> bool {
+    let Some(mut slot) = EVENTS.reserve::<EventHead>(0) else {
+        return false;
+    };
+    // SAFETY: `ev` points at a reserved, exclusively owned slot of EventHead size.
+    unsafe { fill_head(slot.as_mut_ptr(), j, kind, flags, port, Some(addr)) };
+    slot.submit(wake_flags(j));
+    true
 }
 
 /// Reads the file `bprm` executes and judges it for every workload of the current task. A
@@ -264,6 +351,7 @@ pub(crate) fn judge_exec(bprm: *const u8, file: &mut ExecFile) -> Judgement {
             workload: 0,
             observe: false,
             decision: Decision::default(),
+            now: 0,
         };
     }
     // SAFETY: `bprm` comes from the hook; the accessor only probe-reads it.
@@ -395,11 +483,14 @@ fn finish_connect(j: Judgement, kind: u8, port: u16, addr: [u8; 16]) -> i32 {
         if j.observe {
             flags = EVENT_OBSERVED;
         }
+        if !emit_head(&j, kind, flags, port, &addr) {
+            count(STAT_EVENTS_LOST);
+        }
+    } else {
+        // Refusals (and observe mode's would-be refusals) stay individual events; a permit is
+        // counted in the tally when its key has been seen.
+        tally::permit(&j, kind, port, &addr);
     }
-    emit(&j, kind, flags, |ev| {
-        ev.port = port;
-        ev.addr = addr;
-    });
     if refused && !j.observe {
         SOCK_DENY
     } else {

@@ -45,8 +45,12 @@ pub(crate) fn inet4(ctx: &SockAddrContext, kind: u8) -> i32 {
         );
         port_decision(NET4_RULES.get(&key), port, w.connect_default, now)
     });
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&ip);
+    // The IPv4 address in the first four bytes, built as one 128-bit value: a zero-filled
+    // array would cost a byte-by-byte memset call (see the note on zeros in main.rs).
+    #[cfg(target_endian = "little")]
+    let addr = u128::from(u32::from_ne_bytes(ip)).to_le_bytes();
+    #[cfg(target_endian = "big")]
+    let addr = (u128::from(u32::from_ne_bytes(ip)) << 96).to_be_bytes();
     finish_connect(j, kind, port, addr)
 }
 

@@ -81,8 +81,16 @@ fn human(v: &serde_json::Value) -> String {
         .as_str()
         .map(|r| format!(", rule {r}"))
         .unwrap_or_default();
+    // A counted record stands for `count` identical decisions up to `last`.
+    let times = v["count"]
+        .as_u64()
+        .map(|n| {
+            let last = bridle_trust::clock::format_ns(v["last"].as_u64().unwrap_or(time));
+            format!(" ({n} times, the last at {last})")
+        })
+        .unwrap_or_default();
     format!(
-        "{when} {} pid {} {}: {} {} -> {} ({}{rule})",
+        "{when} {} pid {} {}: {} {}{times} -> {} ({}{rule})",
         s("workload"),
         v["pid"],
         s("comm"),

@@ -15,7 +15,7 @@ use crate::{
     },
     harden::Hardening,
     issuer::Issuer,
-    kernel::{entries, events::Decided, tier::ExecTier, Enforcer},
+    kernel::{entries, events::Decided, tally::HARVEST_EVERY, tier::ExecTier, Enforcer},
 };
 use anyhow::{bail, Context, Result};
 use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE};
@@ -250,6 +250,10 @@ fn confine_and_wait(
         cgroup.id(),
         dns_tx,
     )?;
+    // The tally map is in place before the programs are attached: no permit goes uncounted.
+    let mut tallies = enforcer
+        .tallies()?
+        .context("the freshly loaded object has no tally map")?;
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
     // The fanotify tier. The task table records the first process when it moves itself into
@@ -326,6 +330,7 @@ fn confine_and_wait(
     let renew_every = (issuer.ttl() / 2).max(Duration::from_secs(1));
     let mut next_renewal = Instant::now() + renew_every;
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    let mut next_harvest = Instant::now() + HARVEST_EVERY;
 
     // The sock_create hook runs only for IPv4 and IPv6 sockets, so it never sees a packet
     // socket; every packet socket needs CAP_NET_RAW, so without it the command cannot open
@@ -355,6 +360,25 @@ fn confine_and_wait(
         }
         while let Ok(report) = dns_reports.try_recv() {
             reporter.handle_dns(report)?;
+        }
+        if Instant::now() >= next_harvest {
+            let counted = tallies.harvest()?;
+            // The events of the harvested keys are all queued now: their first decisions go
+            // to the trail before their counts.
+            while let Some(item) = events.next() {
+                reporter.handle(&item)?;
+                recorded = true;
+            }
+            for (key, counts) in &counted {
+                reporter.handle_tally(key, counts)?;
+                recorded = true;
+            }
+            reporter
+                .audit
+                .write_out()
+                .context("writing the audit trail")?;
+            tallies.release()?;
+            next_harvest = Instant::now() + HARVEST_EVERY;
         }
         if Instant::now() >= next_sweep {
             resolver.sweep()?;
@@ -404,9 +428,15 @@ fn confine_and_wait(
         // Stops the reader and its judge, and closes the fanotify group.
         drop(ask);
     }
+    // No task is left to decide anything: this harvest holds every count.
+    let counted = tallies.harvest()?;
     while let Some(item) = events.next() {
         reporter.handle(&item)?;
     }
+    for (key, counts) in &counted {
+        reporter.handle_tally(key, counts)?;
+    }
+    tallies.release()?;
     while let Some(decision) = decisions.try_recv() {
         reporter.handle_ask(decision)?;
     }
@@ -544,10 +574,26 @@ impl Reporter<'_> {
         Ok(())
     }
 
+    /// Repeats of a permitted socket decision the kernel counted (one record for all of them).
+    fn handle_tally(
+        &mut self,
+        key: &bridle_common::TallyKey,
+        counts: &bridle_common::TallyCount,
+    ) -> Result<()> {
+        match Decided::tallied(key, counts) {
+            Some(decided) => self.report(decided),
+            None => Ok(()),
+        }
+    }
+
     fn handle(&mut self, record: &[u8]) -> Result<()> {
-        let Some(decided) = Decided::decode(record) else {
-            return Ok(());
-        };
+        match Decided::decode(record) {
+            Some(decided) => self.report(decided),
+            None => Ok(()),
+        }
+    }
+
+    fn report(&mut self, decided: Decided) -> Result<()> {
         let described = decided.describe(self.compiled, self.entries, &self.workload);
         if !decided.permitted || self.verbose {
             let mut line = described.line;
@@ -555,7 +601,7 @@ impl Reporter<'_> {
             eprintln!("{line}");
         }
         self.audit
-            .append(described.record)
+            .append_counted(described.record, described.repeats)
             .context("appending to the audit trail")?;
         Ok(())
     }

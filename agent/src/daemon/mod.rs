@@ -20,6 +20,7 @@ use crate::{
         entries::{self, KernelEntries},
         events::Decided,
         net, pins,
+        tally::{Tallies, HARVEST_EVERY},
         tier::ExecTier,
         unix, Enforcer,
     },
@@ -30,7 +31,7 @@ use bridle_engine::{
     compile, Code, Compiled, Effect, Engine, Invariants, Mode, Policy, QuarantineAction, Verdict,
 };
 use bridle_trust::{
-    audit::{AuditConfig, AuditWriter, RecordFields},
+    audit::{AuditConfig, AuditWriter, RecordFields, Repeats},
     Subject, SystemClock,
 };
 use clap::{Args, ValueEnum};
@@ -232,6 +233,12 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     };
     info!(tier = %exec_tier, "exec tier: {exec_tier}: {}", exec_tier.effect());
     let mut events = enforcer.take_events()?;
+    // Counts a previous daemon left in the pinned tally map are harvested with the first
+    // harvest; from here on this daemon swaps the maps.
+    let mut tallies = enforcer.tallies()?;
+    if tallies.is_none() {
+        warn!("the pinned programs predate tallies: every permitted connect is an event");
+    }
     let key = Issuer::open(&config.state_dir, Duration::from_secs(600))?.key();
     let audit = AuditWriter::open(
         &config.state_dir.join("audit"),
@@ -284,6 +291,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     let watchdog_every = watchdog.map(|w| w / 2);
     let mut next_ping = Instant::now();
     let mut next_scan = Instant::now() + daemon.config.scan_interval;
+    let mut next_harvest = Instant::now();
     loop {
         crate::os::wait_readable_any(
             &[events.as_raw_fd(), ask_decisions.fd()],
@@ -311,6 +319,12 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             recorded = true;
         }
         recorded |= daemon.record_dns();
+        if Instant::now() >= next_harvest {
+            let (counted, seen) = daemon.harvest(&mut tallies, &mut events);
+            recorded |= counted;
+            created |= seen;
+            next_harvest = Instant::now() + HARVEST_EVERY;
+        }
         // Each batch reaches the disk before the next wait: a daemon killed afterwards loses
         // nothing it had drained (what it had not drained stays in the pinned ring buffer, and
         // an exec refusal is answered only once its record is written).
@@ -363,6 +377,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         daemon.record_ask(decision);
     }
     daemon.stop_resolvers();
+    // What was counted so far goes to this daemon's trail; what is counted from now on waits
+    // in the pinned tally map for the next daemon.
+    let _ = daemon.harvest(&mut tallies, &mut events);
     drop(server);
     daemon.audit.close().context("closing the audit trail")?;
     Ok(ExitCode::SUCCESS)
@@ -898,11 +915,64 @@ impl Daemon {
         }
     }
 
+    /// Harvests the tally map and records its counts after the events queued until the swap
+    /// (see kernel::tally); the counts are released once they are in the file, so a daemon
+    /// killed meanwhile leaves them to the next. Returns whether anything was recorded, and
+    /// whether the events drained said a cgroup was created.
+    fn harvest(
+        &mut self,
+        tallies: &mut Option<Tallies>,
+        events: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    ) -> (bool, bool) {
+        let Some(tallies) = tallies else {
+            return (false, false);
+        };
+        let counted = match tallies.harvest() {
+            Ok(counted) => counted,
+            Err(err) => {
+                error!("harvesting the tallies: {err:#}");
+                return (false, false);
+            }
+        };
+        let (mut recorded, mut created) = (false, false);
+        while let Some(item) = events.next() {
+            if item.first() == Some(&bridle_common::EVENT_CGROUP_CREATED) {
+                created = true;
+                continue;
+            }
+            self.record(&item);
+            if let Err(err) = self.audit.write_out() {
+                error!("writing the audit trail: {err:#}");
+            }
+            recorded = true;
+        }
+        for (key, counts) in &counted {
+            if let Some(decided) = Decided::tallied(key, counts) {
+                self.record_decided(decided);
+                recorded = true;
+            }
+        }
+        match self.audit.write_out() {
+            Ok(()) => {
+                if let Err(err) = tallies.release() {
+                    error!("releasing harvested tallies: {err:#}");
+                }
+            }
+            // Kept parked: the next harvest writes them again.
+            Err(err) => error!("writing the audit trail: {err:#}"),
+        }
+        (recorded, created)
+    }
+
     /// Appends one kernel decision to the audit trail (and logs refusals).
     fn record(&mut self, item: &[u8]) {
-        let Some(decided) = Decided::decode(item) else {
-            return;
-        };
+        if let Some(decided) = Decided::decode(item) {
+            self.record_decided(decided);
+        }
+    }
+
+    /// Appends a decision, or the counted repeats of one, to the audit trail.
+    fn record_decided(&mut self, decided: Decided) {
         let Some(w) = self.workloads.get(&decided.workload) else {
             return;
         };
@@ -912,8 +982,11 @@ impl Daemon {
             crate::dns::hint_unnamed(&w.compiled, &decided, &mut line);
             info!(cgroup = %w.path.display(), pid = decided.tgid, "{line}");
         }
-        self.publish(&described.record);
-        if let Err(err) = self.audit.append(described.record) {
+        self.publish(&described.record, described.repeats);
+        if let Err(err) = self
+            .audit
+            .append_counted(described.record, described.repeats)
+        {
             error!("appending to the audit trail: {err:#}");
         }
         if decided.permitted || decided.observed {
@@ -975,7 +1048,7 @@ impl Daemon {
             rule: rule.clone(),
             permit_id,
         };
-        self.publish(&fields);
+        self.publish(&fields, None);
         if let Err(err) = self.audit.append(fields) {
             error!("appending to the audit trail: {err:#}");
         }
@@ -1211,7 +1284,7 @@ impl Daemon {
             rule,
             permit_id: None,
         };
-        self.publish(&fields);
+        self.publish(&fields, None);
         // A quarantine step is rare and an operator acts on it: on disk at once.
         if let Err(err) = self.audit.append(fields).and_then(|_| self.audit.flush()) {
             error!("appending to the audit trail: {err:#}");
@@ -1219,7 +1292,7 @@ impl Daemon {
     }
 
     /// Hands a decision to the clients following them, in the audit record's terms.
-    fn publish(&self, fields: &RecordFields) {
+    fn publish(&self, fields: &RecordFields, repeats: Option<Repeats>) {
         if self.followers.is_empty() {
             return;
         }
@@ -1227,7 +1300,7 @@ impl Daemon {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let line = json!({
+        let mut line = json!({
             "time": time,
             "workload": fields.workload,
             "pid": fields.pid,
@@ -1240,6 +1313,11 @@ impl Daemon {
             "rule": fields.rule,
             "permit_id": fields.permit_id,
         });
+        if let (Some(r), Some(obj)) = (repeats, line.as_object_mut()) {
+            obj.insert("count".into(), r.count.into());
+            obj.insert("first".into(), r.first.into());
+            obj.insert("last".into(), r.last.into());
+        }
         self.followers.publish(&fields.workload, &line.to_string());
     }
 

@@ -270,7 +270,7 @@ impl Daemon {
                 rule: report.rule_name.clone(),
                 permit_id: report.permit_id,
             };
-            self.publish(&fields);
+            self.publish(&fields, None);
             if let Err(err) = self.audit.append(fields) {
                 error!("appending to the audit trail: {err:#}");
             }

@@ -1,9 +1,9 @@
 //! Decoding the kernel's decision events.
 
 use bridle_common::{
-    Event, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6, EVENT_CONNECT_UNIX, EVENT_EXEC,
-    EVENT_KILLED, EVENT_NONCANONICAL, EVENT_OBSERVED, EVENT_RAW_SOCKET, EVENT_SENDMSG4,
-    EVENT_SENDMSG6, EVENT_SENDMSG_UNIX, UNIX_PATH_LEN,
+    Event, EventHead, TallyCount, TallyKey, EFFECT_PERMIT, EVENT_CONNECT4, EVENT_CONNECT6,
+    EVENT_CONNECT_UNIX, EVENT_EXEC, EVENT_KILLED, EVENT_NONCANONICAL, EVENT_OBSERVED,
+    EVENT_RAW_SOCKET, EVENT_SENDMSG4, EVENT_SENDMSG6, EVENT_SENDMSG_UNIX, PATH_LEN, UNIX_PATH_LEN,
 };
 use bridle_engine::Code;
 use std::{
@@ -118,17 +118,30 @@ pub struct Decided {
     pub workload: u64,
     /// The permit the kernel entry came from (0: none).
     pub permit_id: u64,
+    /// How many decisions this stands for: 1 for an event, the counted repeats for a tally.
+    pub count: u64,
+    /// For a tally: the `CLOCK_BOOTTIME` ns of the key's first decision and of (about) the
+    /// last one counted.
+    pub span: Option<(u64, u64)>,
 }
 
 impl Decided {
-    /// Decodes a ring-buffer record; `None` if it is not an event this version knows.
+    /// Decodes a ring-buffer record; `None` if it is not an event this version knows. Socket
+    /// decisions come as an [`EventHead`] alone, exec decisions as a whole [`Event`].
     pub fn decode(bytes: &[u8]) -> Option<Decided> {
-        if bytes.len() < std::mem::size_of::<Event>() {
+        let head_len = std::mem::size_of::<EventHead>();
+        if bytes.len() < head_len {
             return None;
         }
-        // SAFETY: the record is at least one Event long, Event is plain old data, and
-        // read_unaligned makes no alignment assumption about the ring buffer's bytes.
-        let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let mut ev = Event {
+            // SAFETY: the record is at least one EventHead long, EventHead is plain old data,
+            // and read_unaligned makes no alignment assumption about the ring buffer's bytes.
+            head: unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) },
+            path: [0; PATH_LEN],
+        };
+        if let Some(path) = bytes.get(head_len..head_len + PATH_LEN) {
+            ev.path.copy_from_slice(path);
+        }
         let operation = match ev.kind {
             EVENT_EXEC => Operation::Exec {
                 path: c_string(&ev.path),
@@ -160,7 +173,49 @@ impl Decided {
             comm: c_string(&ev.comm),
             workload: ev.workload,
             permit_id: ev.permit_id,
+            count: 1,
+            span: None,
         })
+    }
+
+    /// The decisions a tally counted under `key` (see agent/src/kernel/tally.rs); `None` if
+    /// its kind is not a socket decision this version knows.
+    pub fn tallied(key: &TallyKey, counted: &TallyCount) -> Option<Decided> {
+        let ev = EventHead {
+            kind: key.kind,
+            effect: EFFECT_PERMIT,
+            code: key.code,
+            flags: 0,
+            rule: key.rule,
+            pid: key.tgid,
+            tgid: key.tgid,
+            uid: key.uid,
+            port: key.port,
+            _pad: 0,
+            workload: key.workload,
+            cgroup: 0,
+            time_ns: counted.first_ns,
+            permit_id: key.permit_id,
+            dev: 0,
+            ino: 0,
+            addr: key.addr,
+            comm: key.comm,
+        };
+        if ev.kind == EVENT_EXEC {
+            return None;
+        }
+        // SAFETY: EventHead is plain old data; viewing it as bytes reads every initialised
+        // field and the explicit padding, nothing else.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const EventHead).cast::<u8>(),
+                std::mem::size_of::<EventHead>(),
+            )
+        };
+        let mut decided = Decided::decode(bytes)?;
+        decided.count = counted.count;
+        decided.span = Some((counted.first_ns, counted.last_ns));
+        Some(decided)
     }
 
     /// The one-line report for an operator, e.g.
@@ -179,6 +234,11 @@ impl Decided {
                 "bridle: observed {} ({}: would be refused, {code}{rule})",
                 self.operation,
                 Code::Observed.as_str()
+            )
+        } else if self.span.is_some() {
+            format!(
+                "bridle: permitted {} {} more times ({code}{rule})",
+                self.operation, self.count
             )
         } else if self.permitted {
             format!("bridle: permitted {} ({code}{rule})", self.operation)
@@ -239,6 +299,8 @@ pub struct Described {
     pub line: String,
     /// The audit record's fields.
     pub record: bridle_trust::audit::RecordFields,
+    /// For a tally: how many decisions the record stands for, and when (Unix ns).
+    pub repeats: Option<bridle_trust::audit::Repeats>,
 }
 
 impl Decided {
@@ -287,8 +349,35 @@ impl Decided {
             rule,
             permit_id: (self.permit_id != 0).then_some(self.permit_id),
         };
-        Described { line, record }
+        let repeats = self.span.map(|(first, last)| bridle_trust::audit::Repeats {
+            count: self.count,
+            first: boot_to_unix(first),
+            last: boot_to_unix(last),
+        });
+        Described {
+            line,
+            record,
+            repeats,
+        }
     }
+}
+
+/// The Unix time (ns) of a `CLOCK_BOOTTIME` instant in the past, by the two clocks' offset now
+/// (a wall clock stepped since then shifts it; the audit trail's own times do the same).
+pub fn boot_to_unix(boot_ns: u64) -> u64 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: one valid timespec out-parameter.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    };
+    let (unix, boot) = (read(libc::CLOCK_REALTIME), read(libc::CLOCK_BOOTTIME));
+    unix.saturating_sub(boot.saturating_sub(boot_ns))
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -300,28 +389,30 @@ fn c_string(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bridle_common::{COMM_LEN, EFFECT_REFUSE, PATH_LEN};
+    use bridle_common::{COMM_LEN, EFFECT_REFUSE};
 
     fn event(kind: u8) -> Event {
         Event {
-            kind,
-            effect: EFFECT_REFUSE,
-            code: Code::NoMatchingRule.index(),
-            flags: 0,
-            rule: u32::MAX,
-            pid: 7,
-            tgid: 7,
-            uid: 0,
-            port: 443,
-            _pad: 0,
-            workload: 1,
-            cgroup: 1,
-            time_ns: 0,
-            permit_id: 0,
-            dev: 0,
-            ino: 0,
-            addr: [0; 16],
-            comm: [0; COMM_LEN],
+            head: EventHead {
+                kind,
+                effect: EFFECT_REFUSE,
+                code: Code::NoMatchingRule.index(),
+                flags: 0,
+                rule: u32::MAX,
+                pid: 7,
+                tgid: 7,
+                uid: 0,
+                port: 443,
+                _pad: 0,
+                workload: 1,
+                cgroup: 1,
+                time_ns: 0,
+                permit_id: 0,
+                dev: 0,
+                ino: 0,
+                addr: [0; 16],
+                comm: [0; COMM_LEN],
+            },
             path: [0; PATH_LEN],
         }
     }
@@ -419,5 +510,62 @@ mod tests {
     #[test]
     fn rejects_short_records() {
         assert_eq!(Decided::decode(&[0u8; 8]), None);
+    }
+
+    #[test]
+    fn a_socket_event_is_its_head_alone() {
+        let mut ev = event(EVENT_CONNECT4);
+        ev.addr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let whole = bytes(&ev);
+        let head = &whole[..std::mem::size_of::<EventHead>()];
+        assert_eq!(Decided::decode(head), Decided::decode(&whole));
+        assert_eq!(
+            Decided::decode(head).map(|d| d.operation),
+            Some(Operation::Connect("10.1.2.3:443".parse().expect("addr")))
+        );
+    }
+
+    #[test]
+    fn a_tally_decodes_as_the_same_decision_with_its_count() {
+        let mut ev = event(EVENT_SENDMSG6);
+        ev.effect = EFFECT_PERMIT;
+        ev.code = Code::Permitted.index();
+        ev.rule = 3;
+        ev.permit_id = 99;
+        ev.addr[15] = 1;
+        ev.comm[..4].copy_from_slice(b"curl");
+        let key = TallyKey {
+            workload: ev.workload,
+            permit_id: 99,
+            tgid: ev.tgid,
+            uid: ev.uid,
+            rule: 3,
+            port: ev.port,
+            kind: EVENT_SENDMSG6,
+            code: Code::Permitted.index(),
+            addr: ev.addr,
+            comm: ev.comm,
+        };
+        let counted = TallyCount {
+            count: 41,
+            first_ns: 5,
+            last_ns: 9,
+        };
+        let tallied = Decided::tallied(&key, &counted).expect("a socket kind");
+        let one = Decided::decode(&bytes(&ev)).expect("decodes");
+        assert_eq!(tallied.count, 41);
+        assert_eq!(tallied.span, Some((5, 9)));
+        assert_eq!(
+            Decided {
+                count: 1,
+                span: None,
+                ..tallied.clone()
+            },
+            one
+        );
+        assert_eq!(
+            tallied.report_line(|_| Some("api".into())),
+            "bridle: permitted sendto [::1]:443 41 more times (PERMITTED, rule api)"
+        );
     }
 }

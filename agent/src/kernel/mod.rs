@@ -10,6 +10,7 @@ pub mod entries;
 pub mod events;
 pub mod net;
 pub mod pins;
+pub mod tally;
 pub mod tier;
 pub mod unix;
 
@@ -42,7 +43,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/br
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
 /// Every map of the object, by name.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     "WORKLOADS",
     "EXEC_RULES",
     "EXEC_PLACES",
@@ -54,7 +55,11 @@ pub const MAP_NAMES: [&str; 11] = [
     "DNS_REDIRECT",
     "DNS_ORIGIN",
     unix::MAP,
+    TALLIES,
 ];
+
+/// The array of tally maps (see [`tally`]).
+pub const TALLIES: &str = "TALLIES";
 
 /// bridle's programs and maps. Dropping it detaches and unloads everything it loaded and did
 /// not pin.
@@ -407,6 +412,25 @@ impl Enforcer {
             .as_fd()
             .try_clone_to_owned()
             .with_context(|| format!("duplicating the fd of map {name}"))
+    }
+
+    /// The reader's handle on the tallies of repeated permitted socket decisions (one reader
+    /// per loaded object: each harvest swaps the map the programs count in). `None` for pins
+    /// adopted from a bridle that predates tallies: its programs count nothing.
+    pub fn tallies(&self) -> Result<Option<tally::Tallies>> {
+        use std::os::fd::AsFd;
+        let data: &MapData = match self.objects.map(TALLIES) {
+            Some(Map::ArrayOfMaps(data)) => data,
+            Some(_) => anyhow::bail!("map {TALLIES} is not an array of maps"),
+            None if self.objects.ebpf.is_none() => return Ok(None),
+            None => anyhow::bail!("the eBPF object has no map {TALLIES}"),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("duplicating the fd of map {TALLIES}"))?;
+        tally::Tallies::start(fd).map(Some)
     }
 
     /// Takes the event ring buffer (once).

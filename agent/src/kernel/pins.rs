@@ -20,7 +20,7 @@ use super::{
     program,
     tier::{ExecTier, TierLink, LSM_PROGRAM, TASK_TRACKERS},
     unix::{self, UnixState},
-    CgroupLink, Enforcer, Objects, MAP_NAMES, OBJECT,
+    CgroupLink, Enforcer, Objects, MAP_NAMES, OBJECT, TALLIES,
 };
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -146,6 +146,11 @@ impl Enforcer {
         let mut maps = BTreeMap::new();
         for name in MAP_NAMES {
             let path = dir.join("maps").join(name);
+            if name == TALLIES && !path.exists() {
+                // Pinned by a bridle that predates tallies: its programs send every permit as
+                // an event, and there is nothing to harvest.
+                continue;
+            }
             if name == unix::MAP && !path.exists() {
                 // Pinned by a bridle that predates unix enforcement: the map is created now
                 // (the unix programs are loaded against it below).

@@ -445,3 +445,111 @@ fn tail_and_follow_see_the_newest_records() {
     let seen: Vec<u64> = follower.poll().unwrap().iter().map(|r| r.seq).collect();
     assert_eq!(seen, (13..=20).collect::<Vec<_>>());
 }
+
+#[test]
+fn counted_records_chain_verify_and_export_their_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Arc::new(key(1));
+    let clock = ManualClock::new(T0);
+    let mut w =
+        AuditWriter::open(dir.path(), k.clone(), Box::new(clock.clone()), config()).unwrap();
+    w.append(fields(1)).unwrap();
+    let repeats = audit::Repeats {
+        count: 41,
+        first: T0 + 10,
+        last: T0 + 900,
+    };
+    w.append_counted(fields(1), Some(repeats)).unwrap();
+    clock.advance(SEC);
+    w.append(fields(2)).unwrap();
+    w.close().unwrap();
+    let r = verify(dir.path(), &k);
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 3);
+
+    // A plain record keeps the v1 form: no count, span or any new field on disk.
+    let text = lines(&segment(dir.path()));
+    assert!(
+        !text[0].contains("count") && !text[0].contains("first"),
+        "{}",
+        text[0]
+    );
+    assert!(text[1].contains("\"count\":41"), "{}", text[1]);
+
+    let mut out = Vec::new();
+    audit::export(
+        dir.path(),
+        &ExportFilter::default(),
+        ExportFormat::Jsonl,
+        &mut out,
+    )
+    .unwrap();
+    let records: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let total: u64 = records
+        .iter()
+        .map(|r| r.get("count").and_then(|c| c.as_u64()).unwrap_or(1))
+        .sum();
+    assert_eq!(total, 1 + 41 + 1);
+    assert_eq!(records[1]["first"], T0 + 10);
+    assert_eq!(records[1]["last"], T0 + 900);
+
+    let mut out = Vec::new();
+    audit::export(
+        dir.path(),
+        &ExportFilter::default(),
+        ExportFormat::Csv,
+        &mut out,
+    )
+    .unwrap();
+    let csv = String::from_utf8(out).unwrap();
+    let mut rows = csv.lines();
+    assert!(rows
+        .next()
+        .unwrap()
+        .ends_with(",prev_hash,hash,count,first,last"));
+    let counts: Vec<String> = rows
+        .map(|l| l.split(',').nth(14).unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(counts, ["1", "41", "1"]);
+}
+
+#[test]
+fn an_edited_count_breaks_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Arc::new(key(1));
+    let clock = ManualClock::new(T0);
+    let mut w =
+        AuditWriter::open(dir.path(), k.clone(), Box::new(clock.clone()), config()).unwrap();
+    let repeats = audit::Repeats {
+        count: 7,
+        first: T0,
+        last: T0 + 5,
+    };
+    w.append_counted(fields(1), Some(repeats)).unwrap();
+    w.append(fields(2)).unwrap();
+    w.close().unwrap();
+    let mut text = lines(&segment(dir.path()));
+    text[0] = text[0].replace("\"count\":7", "\"count\":6");
+    write_lines(&segment(dir.path()), &text);
+    assert_eq!(failure(&verify(dir.path(), &k)).0, FailureKind::Edited);
+
+    // Dropping the count altogether turns the record into a v1 one: its hash no longer fits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w =
+        AuditWriter::open(dir.path(), k.clone(), Box::new(clock.clone()), config()).unwrap();
+    w.append_counted(fields(1), Some(repeats)).unwrap();
+    w.close().unwrap();
+    let mut text = lines(&segment(dir.path()));
+    let v: serde_json::Value = serde_json::from_str(&text[0]).unwrap();
+    let mut v = v.as_object().unwrap().clone();
+    for f in ["count", "first", "last"] {
+        v.remove(f);
+    }
+    text[0] = serde_json::Value::Object(v).to_string();
+    write_lines(&segment(dir.path()), &text);
+    assert_eq!(failure(&verify(dir.path(), &k)).0, FailureKind::Edited);
+}

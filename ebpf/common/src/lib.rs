@@ -353,10 +353,13 @@ pub const EVENT_KILLED: u8 = 2;
 /// components, a trailing `/`) that no entry names exactly, refused whatever the default.
 pub const EVENT_NONCANONICAL: u8 = 4;
 
-/// A decision the kernel took, sent to user space through the ring buffer.
+/// A decision the kernel took, sent to user space through the ring buffer: every field but
+/// the exec path. Socket decisions are sent as this head alone (a record of
+/// `size_of::<EventHead>()` bytes), exec decisions as a whole [`Event`]; the record's length
+/// says which.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct Event {
+pub struct EventHead {
     /// `EVENT_*` kind.
     pub kind: u8,
     /// `EFFECT_PERMIT` or `EFFECT_REFUSE` (what the policy says, even in observe mode).
@@ -393,9 +396,91 @@ pub struct Event {
     pub addr: [u8; 16],
     /// The task's comm.
     pub comm: [u8; COMM_LEN],
+}
+
+/// An exec decision: the [`EventHead`] and the path given to execve. The head's fields read
+/// and write through `Event` directly (`ev.port`), by `Deref`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// Every field but the path.
+    pub head: EventHead,
     /// The executed path as given to execve (NUL-terminated).
     pub path: [u8; PATH_LEN],
 }
+
+impl core::ops::Deref for Event {
+    type Target = EventHead;
+
+    fn deref(&self) -> &EventHead {
+        &self.head
+    }
+}
+
+impl core::ops::DerefMut for Event {
+    fn deref_mut(&mut self) -> &mut EventHead {
+        &mut self.head
+    }
+}
+
+/// Key of a tally: one permitted socket decision as its audit record names it (workload,
+/// process, object, rule, permit), so that every decision counted under one key would have
+/// made the same record, apart from its time.
+///
+/// A permitted connect or send is the operation an agent repeats most (a client reconnecting
+/// to its API, a resolver's datagrams), and one ring-buffer event per repeat cost the workload
+/// more than the judgement itself. The kernel sends the first decision of a key as an event
+/// and counts the repeats in the tally map under this key; user space writes the counts to the
+/// audit trail as records of the same shape with a count and a time span (see
+/// agent/src/kernel/tally.rs for how no count is lost or counted twice).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TallyKey {
+    /// The deciding workload's cgroup id.
+    pub workload: u64,
+    /// The permit the decision came from (0: none, a permitting default).
+    pub permit_id: u64,
+    /// Process id.
+    pub tgid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// The deciding rule's index (`u32::MAX`: none).
+    pub rule: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// `EVENT_*` kind.
+    pub kind: u8,
+    /// The verdict code.
+    pub code: u8,
+    /// Destination address, network byte order (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// The deciding task's comm (threads of one process may differ).
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Value of a tally: how many decisions beyond the first were counted, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TallyCount {
+    /// Decisions counted here and sent as no event. Incremented atomically.
+    pub count: u64,
+    /// `CLOCK_BOOTTIME` ns of the key's first decision in this tally map (the one sent as an
+    /// event), so `first_ns..=last_ns` spans every decision counted.
+    pub first_ns: u64,
+    /// `CLOCK_BOOTTIME` ns of a decision at most microseconds before the last one counted (a
+    /// plain store: two CPUs counting at once may leave the earlier of their two times).
+    pub last_ns: u64,
+}
+
+/// The slot of `TALLIES` the programs count in.
+pub const TALLY_CURRENT: u32 = 0;
+/// The slot of `TALLIES` where user space parks a map it is harvesting, so that a reader that
+/// dies before its counts are written leaves them to the next (the programs never look here).
+pub const TALLY_PARKED: u32 = 1;
+
+/// Capacity of one tally map: distinct keys between two harvests. A decision whose key finds
+/// no room is sent as an event, as if there were no tally.
+pub const TALLY_ENTRIES: u32 = 1 << 14;
 
 /// The DNS port: a workload's traffic to it, whatever the address, goes to its resolver.
 pub const DNS_PORT: u16 = 53;
@@ -458,6 +543,8 @@ mod user {
     unsafe impl aya::Pod for DnsRedirect {}
     unsafe impl aya::Pod for DnsOrigin {}
     unsafe impl aya::Pod for UnixKey {}
+    unsafe impl aya::Pod for TallyKey {}
+    unsafe impl aya::Pod for TallyCount {}
 }
 
 #[cfg(test)]
@@ -475,7 +562,11 @@ mod tests {
         assert_eq!(size_of::<Net6Key>(), 24);
         assert_eq!(size_of::<PortRule>(), 32);
         assert_eq!(size_of::<PortRules>(), 8 + 32 * PORT_RULES);
+        assert_eq!(size_of::<EventHead>(), 104);
         assert_eq!(size_of::<Event>(), 104 + PATH_LEN);
+        assert_eq!(core::mem::offset_of!(Event, path), size_of::<EventHead>());
+        assert_eq!(size_of::<TallyKey>(), 64);
+        assert_eq!(size_of::<TallyCount>(), 24);
         assert_eq!(size_of::<DnsRedirect>(), 24);
         assert_eq!(size_of::<DnsOrigin>(), 24);
         assert_eq!(size_of::<UnixKey>(), 128);

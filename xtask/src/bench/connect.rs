@@ -256,9 +256,11 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     report.note(
         "connect",
         format!(
-            "bridle records every permitted connect as an event for its audit trail; events lost \
-             to a full ring buffer during these runs: {lost} (counted by the kernel and reported \
-             by `bridle run`; enforcement never depends on them)."
+            "bridle audits every permitted connect: the first of each workload, process, \
+             destination and rule per second as an event, the repeats as counts the kernel keeps \
+             and `bridle run` writes as one counted record per second. Events lost to a full \
+             ring buffer during these runs: {lost} (counted by the kernel and reported by \
+             `bridle run`; enforcement never depends on them)."
         ),
     );
     drop(cgroup);

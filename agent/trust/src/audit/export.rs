@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 pub enum ExportFormat {
     /// One JSON object per record and line.
     Jsonl,
-    /// CSV with a header line; absent optional fields are empty cells.
+    /// CSV with a header line; absent optional fields are empty cells, except `count`, which
+    /// is always the number of decisions the record stands for (1 for most).
     Csv,
 }
 
@@ -114,7 +115,7 @@ pub fn export(
             let mut csv = csv::Writer::from_writer(&mut *out);
             for_each_record(dir, |r| {
                 if filter.matches(&r) {
-                    csv.serialize(&r)
+                    csv.serialize(CsvRow::of(&r))
                         .map_err(|e| out_err(std::io::Error::other(e)))?;
                     count += 1;
                 }
@@ -131,7 +132,54 @@ pub fn export(
     Ok(count)
 }
 
-const CSV_HEADER: [&str; 14] = [
+/// One CSV line: every record has every column (a CSV file cannot skip one), and `count` is
+/// filled in for plain records so that a spreadsheet can sum it.
+#[derive(serde::Serialize)]
+struct CsvRow<'a> {
+    seq: u64,
+    time: u64,
+    workload: &'a str,
+    pid: u32,
+    uid: u32,
+    comm: &'a str,
+    action: &'a str,
+    object: &'a str,
+    effect: &'a str,
+    code: &'a str,
+    rule: Option<&'a str>,
+    permit_id: Option<u64>,
+    prev_hash: &'a str,
+    hash: &'a str,
+    count: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+}
+
+impl<'a> CsvRow<'a> {
+    fn of(r: &'a AuditRecord) -> CsvRow<'a> {
+        CsvRow {
+            seq: r.seq,
+            time: r.time,
+            workload: &r.workload,
+            pid: r.pid,
+            uid: r.uid,
+            comm: &r.comm,
+            action: &r.action,
+            object: &r.object,
+            effect: r.effect.as_str(),
+            code: r.code.as_str(),
+            rule: r.rule.as_deref(),
+            permit_id: r.permit_id,
+            prev_hash: &r.prev_hash,
+            hash: &r.hash,
+            count: r.decisions(),
+            first: r.first,
+            last: r.last,
+        }
+    }
+}
+
+const CSV_HEADER: [&str; 17] = [
     "seq",
     "time",
     "workload",
@@ -146,6 +194,9 @@ const CSV_HEADER: [&str; 14] = [
     "permit_id",
     "prev_hash",
     "hash",
+    "count",
+    "first",
+    "last",
 ];
 
 /// The last `n` records of `dir`, oldest first.

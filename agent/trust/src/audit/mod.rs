@@ -1,6 +1,7 @@
 //! The tamper-evident audit trail.
 //!
-//! Every decision becomes an [`AuditRecord`]. Records form a sha256 hash chain (each carries the
+//! Every decision becomes an [`AuditRecord`], or is counted in one that stands for a number of
+//! identical decisions ([`Repeats`]: `count`, `first`, `last`). Records form a sha256 hash chain (each carries the
 //! hash of the one before; the first carries [`GENESIS_HASH`]) and a [`Checkpoint`] signed with
 //! the permit keys covers the chain head every N records or T seconds.
 //!
@@ -35,7 +36,9 @@ mod writer;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_DOMAIN};
 pub use export::{export, scan, tail, ExportFilter, ExportFormat, Follower};
-pub use record::{AuditRecord, RecordFields, GENESIS_HASH, RECORD_DOMAIN};
+pub use record::{
+    AuditRecord, RecordFields, Repeats, COUNTED_RECORD_DOMAIN, GENESIS_HASH, RECORD_DOMAIN,
+};
 pub use segment::{list_segments, segment_name, Entry};
 pub use verify::{
     verify_dir, verify_path, verify_segment, Failure, FailureKind, Location, VerifyReport,

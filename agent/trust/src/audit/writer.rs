@@ -1,7 +1,7 @@
 //! The audit writer: appends chained records in batches and signs checkpoints.
 
 use super::checkpoint::Checkpoint;
-use super::record::{AuditRecord, RecordFields, GENESIS_HASH};
+use super::record::{AuditRecord, RecordFields, Repeats, GENESIS_HASH};
 use super::segment::{self, Entry, EntryRef};
 use super::{io_err, AuditError};
 use crate::clock::{Clock, NANOS_PER_SEC};
@@ -130,10 +130,19 @@ impl AuditWriter {
 
     /// Appends a record and returns its seq; checkpoints when one is due.
     pub fn append(&mut self, fields: RecordFields) -> Result<u64, AuditError> {
+        self.append_counted(fields, None)
+    }
+
+    /// Appends a record that stands for `repeats` decisions (`None`: one) and returns its seq.
+    pub fn append_counted(
+        &mut self,
+        fields: RecordFields,
+        repeats: Option<Repeats>,
+    ) -> Result<u64, AuditError> {
         let time = self.clock.now_ns();
         let seq = self.next_seq;
         let prev_hash = std::mem::take(&mut self.head);
-        let record = AuditRecord::with_scratch(fields, seq, time, prev_hash, &mut self.scratch);
+        let record = AuditRecord::counted(fields, repeats, seq, time, prev_hash, &mut self.scratch);
         self.push_line(&EntryRef::Record(&record))?;
         self.head = record.hash;
         self.next_seq += 1;
