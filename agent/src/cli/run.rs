@@ -251,9 +251,16 @@ fn confine_and_wait(
         dns_tx,
     )?;
     // The tally map is in place before the programs are attached: no permit goes uncounted.
-    let mut tallies = enforcer
-        .tallies()?
-        .context("the freshly loaded object has no tally map")?;
+    // Where the kernel refuses the map swap counting relies on, every permit is an event.
+    let mut tallies = match enforcer.tallies() {
+        Ok(tallies) => tallies,
+        Err(err) => {
+            eprintln!(
+                "bridle: warning: repeated permits are not counted in the kernel ({err:#}): every permitted connect is an event"
+            );
+            None
+        }
+    };
     enforcer.attach_cgroup(cgroup.path())?;
     let mut events = enforcer.take_events()?;
     // The fanotify tier. The task table records the first process when it moves itself into
@@ -361,7 +368,7 @@ fn confine_and_wait(
         while let Ok(report) = dns_reports.try_recv() {
             reporter.handle_dns(report)?;
         }
-        if Instant::now() >= next_harvest {
+        if let Some(tallies) = tallies.as_mut().filter(|_| Instant::now() >= next_harvest) {
             let counted = tallies.harvest()?;
             // The events of the harvested keys are all queued now: their first decisions go
             // to the trail before their counts.
@@ -429,14 +436,19 @@ fn confine_and_wait(
         drop(ask);
     }
     // No task is left to decide anything: this harvest holds every count.
-    let counted = tallies.harvest()?;
+    let counted = match tallies.as_mut() {
+        Some(tallies) => tallies.harvest()?,
+        None => Vec::new(),
+    };
     while let Some(item) = events.next() {
         reporter.handle(&item)?;
     }
     for (key, counts) in &counted {
         reporter.handle_tally(key, counts)?;
     }
-    tallies.release()?;
+    if let Some(tallies) = tallies.as_mut() {
+        tallies.release()?;
+    }
     while let Some(decision) = decisions.try_recv() {
         reporter.handle_ask(decision)?;
     }

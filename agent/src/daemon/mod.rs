@@ -235,10 +235,19 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     let mut events = enforcer.take_events()?;
     // Counts a previous daemon left in the pinned tally map are harvested with the first
     // harvest; from here on this daemon swaps the maps.
-    let mut tallies = enforcer.tallies()?;
-    if tallies.is_none() {
-        warn!("the pinned programs predate tallies: every permitted connect is an event");
-    }
+    let mut tallies = match enforcer.tallies() {
+        Ok(Some(tallies)) => Some(tallies),
+        Ok(None) => {
+            warn!("the pinned programs predate tallies: every permitted connect is an event");
+            None
+        }
+        Err(err) => {
+            // Where the kernel refuses the map swap counting relies on, the programs find no
+            // tally map and send every permit as an event.
+            warn!("repeated permits are not counted in the kernel ({err:#}): every permitted connect is an event");
+            None
+        }
+    };
     let key = Issuer::open(&config.state_dir, Duration::from_secs(600))?.key();
     let audit = AuditWriter::open(
         &config.state_dir.join("audit"),
