@@ -1821,9 +1821,19 @@ fn the_resolver_follows_reloads_and_quarantine() {
         .env("PROBE", probe())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let waiting = waiting
+    let mut waiting = waiting
         .spawn()
         .expect("a process that resolves once quarantined");
+    // Its first answer must come before the refusals below start the quarantine.
+    let mut waiting_out = std::io::BufReader::new(waiting.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut waiting_out, &mut first).expect("the first answer");
+    assert!(
+        first.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "resolved before the quarantine: {first}"
+    );
     let f = s.run_in(
         "agent",
         &format!("for i in 1 2 3; do \"$PROBE\" connect 127.0.0.9:{port}; done; true"),
@@ -1833,14 +1843,9 @@ fn the_resolver_follows_reloads_and_quarantine() {
     let (_, resolver) = slots(&s);
     assert_eq!(resolver["refusing_all"], true, "{resolver}");
     fs::write(&go, "").expect("go");
-    let out = waiting.wait_with_output().expect("the waiting probe ends");
-    let out = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.contains(&format!(
-            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
-        )),
-        "resolved before the quarantine: {out}"
-    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut waiting_out, &mut out).expect("the waiting probe's output");
+    waiting.wait().expect("the waiting probe ends");
     assert!(
         out.contains("resolve-connect allowed.test: eai "),
         "a refuse-all quarantine refuses every name: {out}\n{}",
