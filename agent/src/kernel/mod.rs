@@ -30,7 +30,7 @@ use bridle_common::{
 use std::{
     collections::BTreeMap,
     fs::File,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
 };
 
@@ -123,16 +123,7 @@ impl Objects {
 
     /// A borrowed descriptor of map `name`, whatever its type.
     fn map_fd(&self, name: &str) -> Option<BorrowedFd<'_>> {
-        let data = match self.map(name)? {
-            Map::HashMap(d)
-            | Map::LruHashMap(d)
-            | Map::LpmTrie(d)
-            | Map::PerCpuArray(d)
-            | Map::RingBuf(d)
-            | Map::Array(d) => d,
-            _ => return None,
-        };
-        Some(data.fd().as_fd())
+        map_descriptor(self.map(name)?)
     }
 
     fn take_map(&mut self, name: &str) -> Option<Map> {
@@ -141,6 +132,20 @@ impl Objects {
             None => self.maps.remove(name),
         }
     }
+}
+
+/// A borrowed descriptor of `map`, for the map types bridle's object has.
+fn map_descriptor(map: &Map) -> Option<BorrowedFd<'_>> {
+    let data = match map {
+        Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::LpmTrie(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d)
+        | Map::Array(d) => d,
+        _ => return None,
+    };
+    Some(data.fd().as_fd())
 }
 
 /// Counters the programs keep (summed over CPUs).
@@ -164,23 +169,34 @@ impl Enforcer {
         let mut ebpf = aya::EbpfLoader::new().btf(Some(&btf)).load(OBJECT).context(
             "loading bridle's eBPF object (needs root, a kernel with BTF at /sys/kernel/btf/vmlinux, and BPF enabled)",
         )?;
-        let exec: &mut RawTracePoint = program(&mut ebpf, "exec_guard")?;
-        exec.load().context(
-            "loading the exec hook (raw tracepoint sched_process_exec): the kernel refused it",
-        )?;
-        let exec_link = exec
-            .attach(EXEC_TRACEPOINT)
-            .with_context(|| format!("attaching the exec hook to {EXEC_TRACEPOINT}"))?;
-        load_sock_addr(&mut ebpf, &CONNECT_PROGRAMS)?;
-        net::load(&mut ebpf)?;
-        dns::load(&mut ebpf)?;
+        // The unix hooks are loaded outside aya, from their own copies of the map descriptors,
+        // on a thread of their own: most of a start is the verifier checking each program, and
+        // on a host with more than one CPU the two loads overlap.
+        let unix_maps = ebpf
+            .maps()
+            .filter_map(|(name, map)| Some((name.to_owned(), map_descriptor(map)?)))
+            .map(|(name, fd)| Ok((name, fd.try_clone_to_owned()?)))
+            .collect::<std::io::Result<BTreeMap<String, OwnedFd>>>()
+            .context("duplicating the map descriptors for the unix hooks")?;
+        let (exec_link, unix) = std::thread::scope(|scope| -> Result<_> {
+            // Loaded for real: where the kernel lacks the hooks this is how we find out.
+            let unix = scope.spawn(|| {
+                unix::UnixState::load(OBJECT, &btf, &|name| {
+                    unix_maps.get(name).map(OwnedFd::as_fd)
+                })
+            });
+            let exec_link = load_programs(&mut ebpf)?;
+            let unix = unix
+                .join()
+                .map_err(|_| anyhow!("loading the unix-socket hooks panicked"))?;
+            Ok((exec_link, unix))
+        })?;
+        drop(unix_maps);
         let objects = Objects {
             ebpf: Some(ebpf),
             maps: BTreeMap::new(),
             programs: BTreeMap::new(),
         };
-        // Loaded for real: where the kernel lacks the hooks this is how we find out.
-        let unix = unix::UnixState::load(OBJECT, &btf, &|name| objects.map_fd(name));
         Ok(Enforcer {
             objects,
             exec_link: Some(exec_link),
@@ -458,6 +474,21 @@ impl Enforcer {
             refused: sums[bridle_common::STAT_REFUSED as usize],
         })
     }
+}
+
+/// Loads the programs aya loads (all but the unix hooks) and attaches the exec hook.
+fn load_programs(ebpf: &mut Ebpf) -> Result<RawTracePointLinkId> {
+    let exec: &mut RawTracePoint = program(ebpf, "exec_guard")?;
+    exec.load().context(
+        "loading the exec hook (raw tracepoint sched_process_exec): the kernel refused it",
+    )?;
+    let exec_link = exec
+        .attach(EXEC_TRACEPOINT)
+        .with_context(|| format!("attaching the exec hook to {EXEC_TRACEPOINT}"))?;
+    load_sock_addr(ebpf, &CONNECT_PROGRAMS)?;
+    net::load(ebpf)?;
+    dns::load(ebpf)?;
+    Ok(exec_link)
 }
 
 /// The sock_addr programs judging connects.
