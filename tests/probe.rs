@@ -26,6 +26,11 @@
 //! to the first address and prints `resolve-connect NAME: ok ADDR`, `… eai N` or
 //! `… errno N ADDR`.
 //!
+//! `dns-latency SERVER NAME COUNT` sends COUNT sequential DNS queries for NAME (type A) over
+//! one connected UDP socket to SERVER (`ADDR:PORT`, or `ADDR` for port 53) and prints the p50
+//! and p99 answer latency in microseconds, `P50 P99` on one line; an answer that is not a
+//! NOERROR response with an A record to the query just sent fails the run (exit 1).
+//!
 //! `after FILE COMMAND…` creates `FILE.waiting`, waits for FILE to exist, then does COMMAND.
 
 use std::{
@@ -77,6 +82,7 @@ fn run(args: &[String]) -> i32 {
         [cmd, path] if cmd == "setns" => report(cmd, path, enter_ns(path)),
         [cmd, name] if cmd == "resolve" => resolve_report(name, None),
         [cmd, name, port] if cmd == "resolve-connect" => resolve_report(name, Some(port)),
+        [cmd, server, name, count] if cmd == "dns-latency" => dns_latency(server, name, count),
         [cmd, file, rest @ ..] if cmd == "after" => after(file, rest),
         _ => {
             eprintln!(
@@ -85,7 +91,8 @@ fn run(args: &[String]) -> i32 {
                  | unix-connect PATH | unix-connect-padded PATH | unix-send PATH | udp-loop ADDR N \
                  | udp-rate ADDR RATE MILLIS [spread] \
                  | exec-loop N PATH | landlock-exec-loop N PATH ALLOWED... | ready FILE \
-                 | resolve NAME | resolve-connect NAME PORT | after FILE COMMAND… | bpf-ids \
+                 | resolve NAME | resolve-connect NAME PORT | dns-latency SERVER NAME COUNT \
+                 | after FILE COMMAND… | bpf-ids \
                  | ptrace PID | setns PATH"
             );
             2
@@ -687,6 +694,88 @@ fn resolve_report(name: &str, port: Option<&String>) -> i32 {
             1
         }
     }
+}
+
+/// The DNS answer latency the resolver benchmark compares: `count` queries for `name`, one at a
+/// time, each timed from just before its send to just after its answer arrives (encoding and
+/// checking stay outside the timing). Prints `P50 P99` in microseconds (nearest rank). Any
+/// answer that is not a NOERROR response carrying an A record to the query just sent, or no
+/// answer within two seconds, fails the run: a refused or failed query must never be timed as
+/// if it had been answered.
+fn dns_latency(server: &str, name: &str, count: &str) -> i32 {
+    match dns_latencies(server, name, count) {
+        Ok(mut ns) => {
+            ns.sort_unstable();
+            let rank = |p: f64| {
+                let i = ((p * ns.len() as f64).ceil() as usize).saturating_sub(1);
+                ns[i.min(ns.len() - 1)] as f64 / 1000.0
+            };
+            println!("{:.1} {:.1}", rank(0.50), rank(0.99));
+            0
+        }
+        Err(err) => {
+            println!("dns-latency {server} {name}: {err}");
+            1
+        }
+    }
+}
+
+/// The latency of each of the `count` queries, in nanoseconds.
+fn dns_latencies(server: &str, name: &str, count: &str) -> Result<Vec<u64>, String> {
+    use hickory_proto::{
+        op::{Message, MessageType, Query, ResponseCode},
+        rr::{Name, RData, RecordType},
+    };
+    let to: std::net::SocketAddr = server
+        .parse()
+        .or_else(|_| server.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("bad server {server}"))?;
+    let count: u32 = count
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("bad count {count}"))?;
+    let qname = Name::from_ascii(name).map_err(|e| format!("bad name {name}: {e}"))?;
+    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let sock = std::net::UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
+    // Connected: the kernel then drops datagrams from any other peer, and the workload's
+    // connect is where bridle's programs send its DNS to the resolver.
+    sock.connect(to).map_err(|e| format!("connect: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| format!("timeout: {e}"))?;
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(qname, RecordType::A));
+    let mut buf = [0u8; 4096];
+    let mut latencies = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        // A fresh id per query, so an answer to an earlier one can never pass for this one.
+        let id = query.metadata.id.wrapping_add(1);
+        query.metadata.id = id;
+        let bytes = query.to_vec().map_err(|e| format!("encoding: {e}"))?;
+        let start = Instant::now();
+        sock.send(&bytes).map_err(|e| format!("send #{i}: {e}"))?;
+        let n = sock
+            .recv(&mut buf)
+            .map_err(|e| format!("answer #{i}: {e}"))?;
+        let took = start.elapsed();
+        let answer = Message::from_vec(&buf[..n]).map_err(|e| format!("answer #{i}: {e}"))?;
+        let m = &answer.metadata;
+        if m.message_type != MessageType::Response || m.id != id {
+            return Err(format!(
+                "answer #{i}: not the response to query id {id} ({:?} id {})",
+                m.message_type, m.id
+            ));
+        }
+        if m.response_code != ResponseCode::NoError {
+            return Err(format!("answer #{i}: {}", m.response_code));
+        }
+        if !answer.answers.iter().any(|r| matches!(r.data, RData::A(_))) {
+            return Err(format!("answer #{i}: no A record"));
+        }
+        latencies.push(took.as_nanos() as u64);
+    }
+    Ok(latencies)
 }
 
 /// Creates `FILE.waiting`, waits (up to a minute) until `file` exists, then runs `command` in

@@ -8,16 +8,17 @@
 //! and `target/bench/report.csv`.
 //!
 //! Knobs (environment): `BRIDLE_BENCH_ROUNDS` (default 5, at least 5 for a published table)
-//! and `BRIDLE_BENCH_ONLY` (comma-separated sections: connect, exec, events, startup, daemon,
-//! criterion) for working on one section.
+//! and `BRIDLE_BENCH_ONLY` (comma-separated sections: connect, exec, events, startup, dns,
+//! daemon, criterion) for working on one section.
 //!
-//! Everything the run creates (nftables table `bridle_bench`, cgroups, background processes,
-//! the scratch state directory) is removed by guards on every exit path, and leftovers of an
-//! interrupted earlier run are removed before starting.
+//! Everything the run creates (nftables table `bridle_bench`, cgroups, background processes
+//! such as the DNS section's dnsmasq, the scratch state directory) is removed by guards on
+//! every exit path, and leftovers of an interrupted earlier run are removed before starting.
 
 mod connect;
 mod criterion;
 mod daemon;
+mod dns;
 mod events;
 mod exec;
 mod report;
@@ -57,16 +58,23 @@ impl Ctx {
 
     /// The same, with the exec tier forced (`--exec-tier TIER`).
     pub fn confined_on(&self, policy: &Path, tier: Option<&str>, args: &[&str]) -> Command {
+        match tier {
+            Some(tier) => self.confined_with(policy, &["--exec-tier", tier], args),
+            None => self.confined_with(policy, &[], args),
+        }
+    }
+
+    /// The same, with more `bridle run` options (`--dns-upstream ADDR`, …), which must come
+    /// before the workload's command.
+    pub fn confined_with(&self, policy: &Path, options: &[&str], args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         // Standalone: a daemon running on the host must not take the measured runs over.
         c.arg("--state-dir")
             .arg(&self.state)
             .arg("run")
-            .arg("--standalone");
-        if let Some(tier) = tier {
-            c.args(["--exec-tier", tier]);
-        }
-        c.arg("--policy")
+            .arg("--standalone")
+            .args(options)
+            .arg("--policy")
             .arg(policy)
             .arg("--")
             .arg(&self.probe)
@@ -160,6 +168,9 @@ pub fn run(bin: &Path) -> Result<()> {
     if wanted("startup") {
         startup::run(&ctx, &mut report)?;
     }
+    if wanted("dns") {
+        dns::run(&ctx, &mut report)?;
+    }
     if wanted("criterion") {
         criterion::run(&mut report)?;
     }
@@ -176,19 +187,30 @@ pub fn run(bin: &Path) -> Result<()> {
 
 /// Runs a probe command and parses the one number it prints; also returns bridle's stderr.
 pub fn measure(cmd: &mut Command) -> Result<(f64, String)> {
+    let ([value], stderr) = measure_n::<1>(cmd)?;
+    Ok((value, stderr))
+}
+
+/// Runs a probe command and parses the first `N` numbers it prints (a probe that measures
+/// several figures in one run, such as two percentiles); also returns bridle's stderr.
+pub fn measure_n<const N: usize>(cmd: &mut Command) -> Result<([f64; N], String)> {
     check_interrupted()?;
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {stderr}", out.status);
-    }
     let text = String::from_utf8_lossy(&out.stdout);
-    let value = text
-        .split_whitespace()
-        .next()
-        .and_then(|w| w.parse::<f64>().ok())
-        .with_context(|| format!("unexpected output from {cmd:?}: {text}"))?;
-    Ok((value, stderr))
+    if !out.status.success() {
+        // The probe says on stdout why it failed; bridle's own account is on stderr.
+        bail!("{cmd:?} failed ({}): {text}{stderr}", out.status);
+    }
+    let mut values = [0.0; N];
+    let mut words = text.split_whitespace();
+    for value in &mut values {
+        *value = words
+            .next()
+            .and_then(|w| w.parse::<f64>().ok())
+            .with_context(|| format!("unexpected output from {cmd:?}: {text}"))?;
+    }
+    Ok((values, stderr))
 }
 
 /// The number of lost events bridle reported on stderr at exit (0 if it reported none).

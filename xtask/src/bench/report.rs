@@ -206,6 +206,7 @@ fn title(section: &str) -> &str {
         "exec" => "Exec (fork + exec of /bin/true, per operation)",
         "events" => "Event path",
         "startup" => "Start-up and memory of `bridle run`",
+        "dns" => "DNS answers through the workload's resolver (per query)",
         "criterion" => "Engine, permits and audit (criterion)",
         "reload" => "Reload and daemon",
         other => other,
