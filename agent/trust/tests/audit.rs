@@ -553,3 +553,77 @@ fn an_edited_count_breaks_the_chain() {
     write_lines(&segment(dir.path()), &text);
     assert_eq!(failure(&verify(dir.path(), &k)).0, FailureKind::Edited);
 }
+
+/// Checkpoints every 10 s, and after a million records.
+fn sparse() -> AuditConfig {
+    AuditConfig {
+        checkpoint_every_records: 1_000_000,
+        segment_max_bytes: 64 << 20,
+        ..config()
+    }
+}
+
+/// A trail whose last checkpoint lies more than a megabyte before its end: 10 records and a
+/// checkpoint, then `n` records no checkpoint covers (as a crash before the next one leaves
+/// them). Returns the key.
+fn trail_with_a_long_uncovered_tail(dir: &Path, n: u64) -> Arc<KeyPair> {
+    let k = write_trail(dir, 10, sparse());
+    // All within one second, so that neither the record count nor the time calls for a
+    // checkpoint among them.
+    let clock = ManualClock::new(T0 + 11 * SEC);
+    let mut w = AuditWriter::open(dir, k.clone(), Box::new(clock), sparse()).unwrap();
+    for i in 0..n {
+        w.append(fields(i)).unwrap();
+    }
+    w.close().unwrap();
+    // The closing checkpoint goes, as if the writer had died before writing it.
+    let path = segment(dir);
+    let mut l = lines(&path);
+    assert!(l.pop().unwrap().contains("checkpoint"));
+    write_lines(&path, &l);
+    assert!(std::fs::metadata(&path).unwrap().len() > 1 << 20);
+    k
+}
+
+#[test]
+fn reopening_reads_back_past_a_megabyte_to_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = trail_with_a_long_uncovered_tail(dir.path(), 4_000);
+    let r = verify(dir.path(), &k);
+    assert_eq!((r.records, r.uncovered), (4_010, 4_000), "{r}");
+    let clock = ManualClock::new(T0 + 12 * SEC);
+    let mut w = AuditWriter::open(dir.path(), k.clone(), Box::new(clock), sparse()).unwrap();
+    assert_eq!(w.append(fields(1)).unwrap(), 4_011, "the chain continues");
+    w.close().unwrap();
+    let r = verify(dir.path(), &k);
+    assert!(r.is_ok(), "{r}");
+    assert_eq!((r.records, r.uncovered), (4_011, 0));
+}
+
+#[test]
+fn a_corrupt_line_far_from_the_end_is_named_by_its_line_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // About 4.6 MB: the writer reads back through windows of 1 and 4 MiB before the whole file.
+    let k = trail_with_a_long_uncovered_tail(dir.path(), 14_000);
+    let path = segment(dir.path());
+    let mut l = lines(&path);
+    // The line that starts about 2.5 MiB before the end: read in the second window, which does
+    // not start the file, so its number must be counted from the file's start.
+    let mut after = 0;
+    let mut index = l.len();
+    while after < 5 << 19 {
+        index -= 1;
+        after += l[index].len() + 1;
+    }
+    l[index] = "{ not json".to_string();
+    write_lines(&path, &l);
+    let Err(err) = AuditWriter::open(dir.path(), k, Box::new(ManualClock::new(T0)), sparse())
+    else {
+        panic!("a corrupt trail is refused");
+    };
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:{}: ", path.display(), index + 1)),
+        "{err}"
+    );
+}

@@ -292,62 +292,127 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 
 /// Cuts a final line that has no newline (a write torn by a crash).
 fn cut_torn_tail(path: &Path) -> Result<(), AuditError> {
-    let bytes = fs::read(path).map_err(io_err(path))?;
-    if bytes.is_empty() || bytes.ends_with(b"\n") {
-        return Ok(());
-    }
-    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    // Only the end is read: a segment holds up to `segment_max_bytes`, and a start must not
+    // cost a read of all of it.
+    let mut window = TAIL_WINDOW.min(len);
+    let keep = loop {
+        let tail = read_range(&mut file, path, len - window, len)?;
+        if tail.is_empty() || tail.ends_with(b"\n") {
+            return Ok(());
+        }
+        match tail.iter().rposition(|b| *b == b'\n') {
+            Some(i) => break len - window + i as u64 + 1,
+            None if window == len => break 0,
+            None => window = (window * 4).min(len),
+        }
+    };
     let file = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(io_err(path))?;
-    file.set_len(keep as u64).map_err(io_err(path))?;
+    file.set_len(keep).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
 }
 
+/// How much of a segment's end is read first when looking for its last lines; the window
+/// grows fourfold until what is sought is in it. A checkpoint every 10,000 records puts the
+/// last one within about 4 MiB of the end.
+const TAIL_WINDOW: u64 = 1 << 20;
+
+/// Bytes `from..to` of `file`.
+fn read_range(file: &mut File, path: &Path, from: u64, to: u64) -> Result<Vec<u8>, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = vec![0; (to - from) as usize];
+    file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+    file.read_exact(&mut bytes).map_err(io_err(path))?;
+    Ok(bytes)
+}
+
+/// The 1-based number in the whole file of line `relative` of the part of it that starts at
+/// byte `from` (just after a newline), for error messages.
+fn line_number(path: &Path, from: u64, relative: usize) -> usize {
+    let before = fs::read(path)
+        .map(|b| {
+            b[..(from as usize).min(b.len())]
+                .iter()
+                .filter(|c| **c == b'\n')
+                .count()
+        })
+        .unwrap_or(0);
+    before + relative
+}
+
 /// Finds the chain head and how much of it no checkpoint covers, reading segments newest first
-/// until the last checkpoint is found.
+/// until the last checkpoint is found. Each segment is read from its end, in a growing window,
+/// so that a start reads what follows the last checkpoint rather than whole segments.
 fn recover(segments: &[(u64, PathBuf)]) -> Result<Recovered, AuditError> {
     let mut last: Option<(u64, String)> = None;
     let mut uncovered = 0;
     let mut earliest_uncovered = None;
     for (_, path) in segments.iter().rev() {
-        let bytes = fs::read(path).map_err(io_err(path))?;
-        let parsed: Vec<_> = segment::lines(&bytes).collect();
-        for line in parsed.iter().rev() {
-            let entry = segment::parse_entry(line.text).map_err(|reason| AuditError::Corrupt {
-                path: path.clone(),
-                line: line.number,
-                reason,
-            })?;
-            match entry {
-                Entry::Record(r) => {
-                    if last.is_none() {
-                        let expected = r.compute_hash(&mut Vec::new());
-                        if expected != r.hash {
-                            return Err(AuditError::Corrupt {
-                                path: path.clone(),
-                                line: line.number,
-                                reason: format!(
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let mut window = TAIL_WINDOW.min(len);
+        loop {
+            let from = len - window;
+            let bytes = read_range(&mut file, path, from, len)?;
+            // Unless the window starts the file, its first line is (or may be) a part of one.
+            let skip = if from == 0 {
+                0
+            } else {
+                bytes
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |i| i + 1)
+            };
+            let start = from + skip as u64;
+            let parsed: Vec<_> = segment::lines(&bytes[skip..]).collect();
+            // What this window finds counts only once it is known to be all that is needed
+            // (a checkpoint) or all there is (the whole segment).
+            let (mut w_last, mut w_uncovered, mut w_earliest) =
+                (last.clone(), uncovered, earliest_uncovered);
+            let mut checkpoint = None;
+            for line in parsed.iter().rev() {
+                let corrupt = |reason| AuditError::Corrupt {
+                    path: path.clone(),
+                    line: line_number(path, start, line.number),
+                    reason,
+                };
+                match segment::parse_entry(line.text).map_err(corrupt)? {
+                    Entry::Record(r) => {
+                        if w_last.is_none() {
+                            let expected = r.compute_hash(&mut Vec::new());
+                            if expected != r.hash {
+                                return Err(corrupt(format!(
                                     "record seq {} does not match its hash; run `bridle audit verify`",
                                     r.seq
-                                ),
-                            });
+                                )));
+                            }
+                            w_last = Some((r.seq, r.hash));
                         }
-                        last = Some((r.seq, r.hash));
+                        w_uncovered += 1;
+                        w_earliest = Some(r.time);
                     }
-                    uncovered += 1;
-                    earliest_uncovered = Some(r.time);
-                }
-                Entry::Checkpoint(cp) => {
-                    let last = last.or(Some((cp.seq, cp.head_hash)));
-                    return Ok(Recovered {
-                        last,
-                        uncovered,
-                        base_time: Some(cp.time),
-                    });
+                    Entry::Checkpoint(cp) => {
+                        checkpoint = Some(cp);
+                        break;
+                    }
                 }
             }
+            if let Some(cp) = checkpoint {
+                return Ok(Recovered {
+                    last: w_last.or(Some((cp.seq, cp.head_hash))),
+                    uncovered: w_uncovered,
+                    base_time: Some(cp.time),
+                });
+            }
+            if from == 0 {
+                (last, uncovered, earliest_uncovered) = (w_last, w_uncovered, w_earliest);
+                break;
+            }
+            window = (window * 4).min(len);
         }
     }
     Ok(Recovered {
