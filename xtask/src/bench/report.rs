@@ -208,7 +208,7 @@ fn title(section: &str) -> &str {
         "startup" => "Start-up and memory of `bridle run`",
         "dns" => "DNS answers through the workload's resolver (per query)",
         "criterion" => "Engine, permits and audit (criterion)",
-        "reload" => "Reload and daemon",
+        "daemon" => "The daemon: start, memory and reload",
         other => other,
     }
 }

@@ -80,9 +80,10 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "startup",
         "Start to first instruction: from just before `bridle run` is spawned to the first \
          statement of the workload's `main` (both CLOCK_MONOTONIC); bridle loads and attaches \
-         its programs, compiles the policy, signs one permit per rule and fills the maps before \
+         its programs, compiles the policy, signs the permits (one batch) and fills the maps before \
          the workload may run. Memory: VmHWM of the bridle process while the workload runs. \
-         The daemon's own time-to-enforce and memory are not measured here yet.",
+         The run shares its state directory (and audit trail) with the sections before it. \
+         The daemon's time to enforce and memory are in the daemon section.",
     );
     Ok(())
 }
