@@ -149,29 +149,34 @@ fn active_lsms() -> Result<String> {
 fn probe_fanotify() -> Result<()> {
     // A mark on a private file nobody executes: it proves the kernel takes exec permission
     // marks without ever holding an exec that no one would answer.
-    let file = tempfile_in_run()?;
+    let file = unnamed_probe_file()?;
     let group = crate::fanotify::init_group().context("fanotify_init(FAN_CLASS_CONTENT)")?;
     crate::fanotify::mark(&group, libc::FAN_MARK_ADD, file.as_fd().as_raw_fd(), None)
         .context("fanotify_mark(FAN_OPEN_EXEC_PERM)")?;
     Ok(())
 }
 
-fn tempfile_in_run() -> Result<OwnedFd> {
-    // O_TMPFILE: an unnamed file that disappears with its last fd.
-    let dir = c"/tmp";
-    // SAFETY: a plain open(2) with a NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            dir.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("creating a probe file in /tmp");
+fn unnamed_probe_file() -> Result<OwnedFd> {
+    // O_TMPFILE: an unnamed file that disappears with its last fd. Under the systemd unit only
+    // the runtime directory is writable (ProtectSystem=strict); elsewhere /tmp is.
+    let mut last = None;
+    for dir in [c"/run/bridle", c"/tmp", c"/run"] {
+        // SAFETY: a plain open(2) with a NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                dir.as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        last = Some(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Err(last.unwrap_or_else(std::io::Error::last_os_error))
+        .context("creating an unnamed probe file in /run/bridle, /tmp or /run")
 }
 
 /// The BPF LSM tier's program (and its pinned link's name).
