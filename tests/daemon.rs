@@ -1729,6 +1729,55 @@ fn slots(s: &Setup) -> (String, serde_json::Value) {
     )
 }
 
+/// A process in workload cgroup `cg` that resolves allowed.test and connects to its address,
+/// then waits for the returned `go` file to exist before it runs the probe with `then`.
+/// Returned once it waits, so its first answer comes before whatever the caller does next.
+fn resolve_then_wait(
+    s: &Setup,
+    cg: &std::path::Path,
+    port: u16,
+    then: &str,
+) -> (std::process::Child, PathBuf) {
+    let go = s.dir.path().join("go");
+    let mut waiting = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && \"$PROBE\" resolve-connect allowed.test {port} && \
+             exec \"$PROBE\" after {} {then}",
+            cg.display(),
+            go.display()
+        ))
+        .env("PROBE", probe())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the workload's waiting process");
+    // `after FILE` creates FILE.waiting once it waits.
+    let marker = s.dir.path().join("go.waiting");
+    let start = Instant::now();
+    while !marker.exists() && start.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !marker.exists() {
+        // Its first answer failed (the shell stops there), or it hangs: say which.
+        let ended = matches!(waiting.try_wait(), Ok(Some(_)));
+        let out = if ended {
+            waiting
+                .wait_with_output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        panic!(
+            "the probe never got to wait (ended: {ended}): {}\n{}",
+            String::from_utf8_lossy(&out),
+            s.log()
+        );
+    }
+    (waiting, go)
+}
+
 #[test]
 fn the_resolver_follows_reloads_and_quarantine() {
     require_root();
@@ -1808,31 +1857,12 @@ fn the_resolver_follows_reloads_and_quarantine() {
     s.write_policy(&allow_allowed);
     let reload = s.bridle(&["reload"]);
     assert_eq!(reload.code, 0, "{}", reload.stderr);
-    let go = s.dir.path().join("go");
-    let mut waiting = Command::new("/bin/sh");
-    waiting
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && \"$PROBE\" resolve-connect allowed.test {port} && \
-             exec \"$PROBE\" after {} resolve-connect allowed.test {port}",
-            cg.display(),
-            go.display()
-        ))
-        .env("PROBE", probe())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut waiting = waiting
-        .spawn()
-        .expect("a process that resolves once quarantined");
-    // Its first answer must come before the refusals below start the quarantine.
-    let mut waiting_out = std::io::BufReader::new(waiting.stdout.take().expect("stdout"));
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut waiting_out, &mut first).expect("the first answer");
-    assert!(
-        first.contains(&format!(
-            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
-        )),
-        "resolved before the quarantine: {first}"
+    // Its first answer comes before the refusals below start the quarantine.
+    let (waiting, go) = resolve_then_wait(
+        &s,
+        &cg,
+        port,
+        &format!("resolve-connect allowed.test {port}"),
     );
     let f = s.run_in(
         "agent",
@@ -1843,9 +1873,14 @@ fn the_resolver_follows_reloads_and_quarantine() {
     let (_, resolver) = slots(&s);
     assert_eq!(resolver["refusing_all"], true, "{resolver}");
     fs::write(&go, "").expect("go");
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut waiting_out, &mut out).expect("the waiting probe's output");
-    waiting.wait().expect("the waiting probe ends");
+    let out = waiting.wait_with_output().expect("the waiting probe ends");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "resolve-connect allowed.test: ok 127.0.0.2:{port}"
+        )),
+        "resolved before the quarantine: {out}"
+    );
     assert!(
         out.contains("resolve-connect allowed.test: eai "),
         "a refuse-all quarantine refuses every name: {out}\n{}",
@@ -1916,26 +1951,7 @@ fn dns_entries_lapse_with_their_permits_when_no_daemon_renews_them() {
     fs::create_dir_all(&cg).expect("workload cgroup");
     s.start();
     s.wait_workloads(1);
-    let go = s.dir.path().join("go");
-    let mut waiting = Command::new("/bin/sh");
-    waiting
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && \"$PROBE\" resolve-connect allowed.test {port} && \
-             exec \"$PROBE\" after {} connect 127.0.0.2:{port}",
-            cg.display(),
-            go.display()
-        ))
-        .env("PROBE", probe())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let waiting = waiting.spawn().expect("the workload's process");
-    let marker = s.dir.path().join("go.waiting");
-    let start = Instant::now();
-    while !marker.exists() && start.elapsed() < DEADLINE {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(marker.exists(), "the probe never got to wait\n{}", s.log());
+    let (waiting, go) = resolve_then_wait(&s, &cg, port, &format!("connect 127.0.0.2:{port}"));
     // Renewed while the daemon runs: still reachable after the permit's first lifetime.
     std::thread::sleep(Duration::from_secs(4));
     let f = s.run_in("agent", &format!("\"$PROBE\" connect 127.0.0.2:{port}"));
