@@ -129,6 +129,25 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
     STOP_SIGNAL.store(signal, Ordering::SeqCst);
 }
 
+/// The command's exit status (128 + the signal that ended it) once it has ended, without
+/// waiting; on a stop signal, the whole cgroup is killed first and 128 + that signal is the
+/// status.
+pub(super) fn command_ended(pid: nix::unistd::Pid, cgroup: &Cgroup) -> Result<Option<i32>> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let stop = STOP_SIGNAL.load(Ordering::SeqCst);
+    if stop != 0 {
+        cgroup.kill_all(Duration::from_secs(5))?;
+        let _ = waitpid(pid, None);
+        return Ok(Some(128 + stop));
+    }
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(Some(code)),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Ok(Some(128 + signal as i32)),
+        Ok(_) => Ok(None),
+        Err(err) => Err(err).context("waiting for the command"),
+    }
+}
+
 /// Runs `bridle run`.
 pub fn run(global: &super::Global, args: RunArgs) -> Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
@@ -410,17 +429,8 @@ fn confine_and_wait(
             resolver.restamp(|rule| issuer.stamp(rule))?;
             next_renewal = Instant::now() + renew_every;
         }
-        let stop = STOP_SIGNAL.load(Ordering::SeqCst);
-        if stop != 0 {
-            cgroup.kill_all(Duration::from_secs(5))?;
-            let _ = nix::sys::wait::waitpid(pid, None);
-            break 128 + stop;
-        }
-        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break code,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
-            Ok(_) => {}
-            Err(err) => return Err(err).context("waiting for the command"),
+        if let Some(status) = command_ended(pid, cgroup)? {
+            break status;
         }
     };
     // The command is gone; its descendants go too, before the programs are detached.

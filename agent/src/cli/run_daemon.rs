@@ -3,7 +3,7 @@
 //! dies), its exec tier, audit trail, quarantine and followers; this process only starts the
 //! command in the cgroup, prints the daemon's decisions about it, and releases it at the end.
 
-use super::run::{spawn_in_cgroup, workload_hardening, RunArgs, STOP_SIGNAL};
+use super::run::{command_ended, spawn_in_cgroup, workload_hardening, RunArgs};
 use crate::{
     cgroup::Cgroup,
     daemon::control::{self, Request},
@@ -17,7 +17,6 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -114,17 +113,9 @@ pub fn confine_and_wait(
     let child = spawn_in_cgroup(&args.command, cgroup, hardening)?;
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let status = loop {
-        let stop = STOP_SIGNAL.load(Ordering::SeqCst);
-        if stop != 0 {
-            cgroup.kill_all(Duration::from_secs(5))?;
-            let _ = nix::sys::wait::waitpid(pid, None);
-            break 128 + stop;
-        }
-        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break code,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
-            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-            Err(err) => return Err(err).context("waiting for the command"),
+        match command_ended(pid, cgroup)? {
+            Some(status) => break status,
+            None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
     // The command is gone; its descendants go too, before the daemon lets the cgroup go.
