@@ -555,43 +555,12 @@ impl Reporter<'_> {
 
     /// A decision of the workload's resolver.
     fn handle_dns(&mut self, report: DnsReport) -> Result<()> {
-        let rule = report
-            .rule
-            .and_then(|r| self.compiled.rules.get(r as usize))
-            .map(|r| r.name.clone());
         let quiet = matches!(report.outcome, dns::Outcome::Permitted(_)) && !self.verbose;
         if !quiet {
-            eprintln!("{}", report.line(|_| rule.clone()));
+            eprintln!("{}", report.line(|_| report.rule_name.clone()));
         }
-        let (effect, code) = match report.outcome {
-            dns::Outcome::Refused | dns::Outcome::Quarantined => (Effect::Refuse, report.code()),
-            dns::Outcome::Observed(_) => (Effect::Permit, Code::Observed),
-            _ => (Effect::Permit, report.code()),
-        };
-        let (comm, uid) = if report.pid != 0 {
-            crate::os::proc_identity(report.pid as i32)
-        } else {
-            (String::new(), u32::MAX)
-        };
-        let permit_id = match report.outcome {
-            dns::Outcome::Permitted(_) => {
-                rule.as_ref().and_then(|r| self.permit_of.get(r).copied())
-            }
-            _ => None,
-        };
         self.audit
-            .append(RecordFields {
-                workload: self.workload.clone(),
-                pid: report.pid,
-                uid,
-                comm,
-                action: "resolve".to_owned(),
-                object: report.audit_object(),
-                effect,
-                code,
-                rule,
-                permit_id,
-            })
+            .append(report.audit_fields(self.workload.clone()))
             .context("appending to the audit trail")?;
         Ok(())
     }

@@ -26,8 +26,7 @@ use crate::{
 };
 use anyhow::Result;
 use bridle_common::{Workload, WORKLOAD_OBSERVE};
-use bridle_engine::{Code, Compiled, Effect, QuarantineAction};
-use bridle_trust::audit::RecordFields;
+use bridle_engine::{Compiled, QuarantineAction};
 use serde_json::json;
 use std::{
     collections::BTreeMap,
@@ -248,28 +247,7 @@ impl Daemon {
             }
             // Refused names do not count towards quarantine: one lookup is several queries
             // (A and AAAA, each search domain), and a refused name opens nothing.
-            let (effect, code) = match report.outcome {
-                Outcome::Refused | Outcome::Quarantined => (Effect::Refuse, report.code()),
-                Outcome::Observed(_) => (Effect::Permit, Code::Observed),
-                _ => (Effect::Permit, report.code()),
-            };
-            let (comm, uid) = if report.pid != 0 {
-                crate::os::proc_identity(report.pid as i32)
-            } else {
-                (String::new(), u32::MAX)
-            };
-            let fields = RecordFields {
-                workload,
-                pid: report.pid,
-                uid,
-                comm,
-                action: "resolve".to_owned(),
-                object: report.audit_object(),
-                effect,
-                code,
-                rule: report.rule_name.clone(),
-                permit_id: report.permit_id,
-            };
+            let fields = report.audit_fields(workload);
             self.publish(&fields, None);
             if let Err(err) = self.audit.append(fields) {
                 error!("appending to the audit trail: {err:#}");

@@ -25,6 +25,7 @@ use crate::{
 use anyhow::{Context, Result};
 use bridle_common::{Decision, DnsRedirect, PortRule, EFFECT_PERMIT, EFFECT_REFUSE};
 use bridle_engine::{Code, Compiled, Effect, HostEntry};
+use bridle_trust::audit::RecordFields;
 use hickory_proto::op::ResponseCode;
 use names::NameVerdict;
 use permits::Permits;
@@ -233,6 +234,31 @@ impl DnsReport {
             }
         }
         object
+    }
+
+    /// The audit record of this decision, for the workload whose cgroup is `workload`.
+    pub fn audit_fields(&self, workload: String) -> RecordFields {
+        let effect = match self.outcome {
+            Outcome::Refused | Outcome::Quarantined => Effect::Refuse,
+            _ => Effect::Permit,
+        };
+        let (comm, uid) = if self.pid != 0 {
+            crate::os::proc_identity(self.pid as i32)
+        } else {
+            (String::new(), u32::MAX)
+        };
+        RecordFields {
+            workload,
+            pid: self.pid,
+            uid,
+            comm,
+            action: "resolve".to_owned(),
+            object: self.audit_object(),
+            effect,
+            code: self.code(),
+            rule: self.rule_name.clone(),
+            permit_id: self.permit_id,
+        }
     }
 
     /// The verdict code for the audit trail.
