@@ -292,21 +292,20 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 
 /// Cuts a final line that has no newline (a write torn by a crash).
 fn cut_torn_tail(path: &Path) -> Result<(), AuditError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let len = file.metadata().map_err(io_err(path))?.len();
-    // Only the end is read: a segment holds up to `segment_max_bytes`, and a start must not
-    // cost a read of all of it.
-    let mut window = TAIL_WINDOW.min(len);
-    let keep = loop {
-        let tail = read_range(&mut file, path, len - window, len)?;
-        if tail.is_empty() || tail.ends_with(b"\n") {
-            return Ok(());
-        }
-        match tail.iter().rposition(|b| *b == b'\n') {
-            Some(i) => break len - window + i as u64 + 1,
-            None if window == len => break 0,
-            None => window = (window * 4).min(len),
-        }
+    let cut = from_the_end(path, |from, tail| {
+        Ok(if tail.is_empty() || tail.ends_with(b"\n") {
+            Some(None)
+        } else {
+            tail.iter()
+                .rposition(|b| *b == b'\n')
+                .map(|i| Some(from + i as u64 + 1))
+        })
+    })?;
+    let keep = match cut {
+        Some(None) => return Ok(()),
+        Some(Some(keep)) => keep,
+        // Not one whole line: all of it is torn.
+        None => 0,
     };
     let file = OpenOptions::new()
         .write(true)
@@ -321,13 +320,31 @@ fn cut_torn_tail(path: &Path) -> Result<(), AuditError> {
 /// last one within about 4 MiB of the end.
 const TAIL_WINDOW: u64 = 1 << 20;
 
-/// Bytes `from..to` of `file`.
-fn read_range(file: &mut File, path: &Path, from: u64, to: u64) -> Result<Vec<u8>, AuditError> {
+/// Reads `path` from its end, in windows growing fourfold from [`TAIL_WINDOW`], handing each
+/// window and the offset it starts at to `look` until `look` finds what it seeks (`Some`) or
+/// the whole file has been handed over (then `None`). A segment holds up to
+/// `segment_max_bytes`, and opening the trail must not cost a read of all of it.
+fn from_the_end<T>(
+    path: &Path,
+    mut look: impl FnMut(u64, &[u8]) -> Result<Option<T>, AuditError>,
+) -> Result<Option<T>, AuditError> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut bytes = vec![0; (to - from) as usize];
-    file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
-    file.read_exact(&mut bytes).map_err(io_err(path))?;
-    Ok(bytes)
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut window = TAIL_WINDOW.min(len);
+    loop {
+        let from = len - window;
+        let mut bytes = vec![0; window as usize];
+        file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+        file.read_exact(&mut bytes).map_err(io_err(path))?;
+        if let Some(found) = look(from, &bytes)? {
+            return Ok(Some(found));
+        }
+        if from == 0 {
+            return Ok(None);
+        }
+        window = (window * 4).min(len);
+    }
 }
 
 /// The 1-based number in the whole file of line `relative` of the part of it that starts at
@@ -345,19 +362,16 @@ fn line_number(path: &Path, from: u64, relative: usize) -> usize {
 }
 
 /// Finds the chain head and how much of it no checkpoint covers, reading segments newest first
-/// until the last checkpoint is found. Each segment is read from its end, in a growing window,
-/// so that a start reads what follows the last checkpoint rather than whole segments.
+/// until the last checkpoint is found; each from its end (see [`from_the_end`]), so that a
+/// start reads what follows the last checkpoint rather than whole segments.
 fn recover(segments: &[(u64, PathBuf)]) -> Result<Recovered, AuditError> {
     let mut last: Option<(u64, String)> = None;
     let mut uncovered = 0;
     let mut earliest_uncovered = None;
     for (_, path) in segments.iter().rev() {
-        let mut file = File::open(path).map_err(io_err(path))?;
-        let len = file.metadata().map_err(io_err(path))?.len();
-        let mut window = TAIL_WINDOW.min(len);
-        loop {
-            let from = len - window;
-            let bytes = read_range(&mut file, path, from, len)?;
+        // What the whole segment holds after its last checkpoint, when it has none.
+        let mut whole = None;
+        let found = from_the_end(path, |from, bytes| {
             // Unless the window starts the file, its first line is (or may be) a part of one.
             let skip = if from == 0 {
                 0
@@ -369,11 +383,8 @@ fn recover(segments: &[(u64, PathBuf)]) -> Result<Recovered, AuditError> {
             };
             let start = from + skip as u64;
             let parsed: Vec<_> = segment::lines(&bytes[skip..]).collect();
-            // What this window finds counts only once it is known to be all that is needed
-            // (a checkpoint) or all there is (the whole segment).
             let (mut w_last, mut w_uncovered, mut w_earliest) =
                 (last.clone(), uncovered, earliest_uncovered);
-            let mut checkpoint = None;
             for line in parsed.iter().rev() {
                 let corrupt = |reason| AuditError::Corrupt {
                     path: path.clone(),
@@ -396,23 +407,24 @@ fn recover(segments: &[(u64, PathBuf)]) -> Result<Recovered, AuditError> {
                         w_earliest = Some(r.time);
                     }
                     Entry::Checkpoint(cp) => {
-                        checkpoint = Some(cp);
-                        break;
+                        return Ok(Some(Recovered {
+                            last: w_last.or(Some((cp.seq, cp.head_hash))),
+                            uncovered: w_uncovered,
+                            base_time: Some(cp.time),
+                        }));
                     }
                 }
             }
-            if let Some(cp) = checkpoint {
-                return Ok(Recovered {
-                    last: w_last.or(Some((cp.seq, cp.head_hash))),
-                    uncovered: w_uncovered,
-                    base_time: Some(cp.time),
-                });
-            }
             if from == 0 {
-                (last, uncovered, earliest_uncovered) = (w_last, w_uncovered, w_earliest);
-                break;
+                whole = Some((w_last, w_uncovered, w_earliest));
             }
-            window = (window * 4).min(len);
+            Ok(None)
+        })?;
+        if let Some(recovered) = found {
+            return Ok(recovered);
+        }
+        if let Some(state) = whole {
+            (last, uncovered, earliest_uncovered) = state;
         }
     }
     Ok(Recovered {
