@@ -316,30 +316,29 @@ fn free_udp_port(ip: &str) -> u16 {
     s.local_addr().expect("addr").port()
 }
 
-/// A DNS query for `name` (type A), id 0x4242.
-fn dns_query(name: &str) -> Vec<u8> {
-    let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
 /// Asks `server` for `name` directly (from the test process, outside every workload); the
 /// first A address of the answer.
 pub fn ask(server: SocketAddr, name: &str) -> Option<[u8; 4]> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    const ID: u16 = 0x4242;
+    let mut query = Message::query();
+    query.metadata.id = ID;
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
     let s = UdpSocket::bind("127.0.0.1:0").ok()?;
     s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-    s.send_to(&dns_query(name), server).ok()?;
+    s.send_to(&query.to_vec().ok()?, server).ok()?;
     let mut buf = [0u8; 512];
     let n = s.recv(&mut buf).ok()?;
-    let r = &buf[..n];
-    let ancount = u16::from_be_bytes([r[6], r[7]]);
-    if ancount == 0 {
+    let answer = Message::from_vec(&buf[..n]).ok()?;
+    if answer.metadata.id != ID {
         return None;
     }
-    // The answer's last four bytes are the address of a one-record A answer.
-    Some([r[n - 4], r[n - 3], r[n - 2], r[n - 1]])
+    answer.answers.iter().find_map(|r| match &r.data {
+        RData::A(a) => Some(a.0.octets()),
+        _ => None,
+    })
 }
