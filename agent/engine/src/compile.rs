@@ -138,6 +138,21 @@ pub fn compile(policy: &Policy) -> Compiled {
 /// code `INVARIANT`. (For a nested workload, compile each policy of the chain and attach each at
 /// its own cgroup level: the kernel then requires all of them to permit.)
 pub fn compile_with_invariants(policy: &Policy, invariants: &[Rule]) -> Compiled {
+    let reference = PolicyRef {
+        name: policy.name.clone(),
+        version: policy.version,
+        digest: policy.digest_hex(),
+    };
+    compile_referenced(policy, reference, invariants)
+}
+
+/// [`compile_with_invariants`] for a caller that already holds the policy's reference (its
+/// digest is the costly part of a large policy's compile).
+pub(crate) fn compile_referenced(
+    policy: &Policy,
+    reference: PolicyRef,
+    invariants: &[Rule],
+) -> Compiled {
     let mut rules: Vec<(&Rule, CompiledRule)> = Vec::new();
     let inv: Vec<&Rule> = invariants
         .iter()
@@ -245,11 +260,7 @@ pub fn compile_with_invariants(policy: &Policy, invariants: &[Rule]) -> Compiled
     });
 
     Compiled {
-        policy: PolicyRef {
-            name: policy.name.clone(),
-            version: policy.version,
-            digest: policy.digest_hex(),
-        },
+        policy: reference,
         default: policy.default,
         observe: policy.mode == Mode::Observe,
         allow_anonymous_exec: policy.allow_anonymous_exec,

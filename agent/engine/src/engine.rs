@@ -166,8 +166,10 @@ struct Window {
 
 /// The policy engine for one workload.
 pub struct Engine {
-    chain: Vec<Judge>,
-    invariants: Option<Judge>,
+    /// Shared, so a second engine over the same rules (see [`Engine::sharing_rules`]) costs no
+    /// second index.
+    chain: Vec<Arc<Judge>>,
+    invariants: Option<Arc<Judge>>,
     clock: Arc<dyn Clock>,
     windows: HashMap<(usize, usize), Window>,
     refusals: VecDeque<Duration>,
@@ -192,7 +194,7 @@ impl Engine {
     /// An engine judging by one policy, with the system clock and no invariants.
     pub fn new(policy: Policy) -> Engine {
         Engine {
-            chain: vec![Judge::new(policy)],
+            chain: vec![Arc::new(Judge::new(policy))],
             invariants: None,
             clock: Arc::new(SystemClock::new()),
             windows: HashMap::new(),
@@ -228,13 +230,13 @@ impl Engine {
         };
         let mut judge = Judge::new(policy);
         judge.reference.digest = digest;
-        self.invariants = Some(judge);
+        self.invariants = Some(Arc::new(judge));
         self
     }
 
     /// Adds an inner policy (a workload nested in a confined workload): all must permit.
     pub fn nested(mut self, inner: Policy) -> Engine {
-        self.chain.push(Judge::new(inner));
+        self.chain.push(Arc::new(Judge::new(inner)));
         self
     }
 
@@ -268,8 +270,32 @@ impl Engine {
     pub fn compile(&self) -> Vec<crate::compile::Compiled> {
         self.chain
             .iter()
-            .map(|j| crate::compile::compile_with_invariants(&j.policy, self.invariants()))
+            .map(|j| {
+                crate::compile::compile_referenced(
+                    &j.policy,
+                    j.reference.clone(),
+                    self.invariants(),
+                )
+            })
             .collect()
+    }
+
+    /// A second engine judging by the same policies and invariants, without rebuilding them:
+    /// it shares the clock, and its rate-limit and quarantine accounting starts empty.
+    pub fn sharing_rules(&self) -> Engine {
+        Engine {
+            chain: self.chain.clone(),
+            invariants: self.invariants.clone(),
+            clock: Arc::clone(&self.clock),
+            windows: HashMap::new(),
+            refusals: VecDeque::new(),
+            quarantined: None,
+        }
+    }
+
+    /// The reference (name, version, digest) of the innermost policy.
+    pub fn policy_ref(&self) -> &PolicyRef {
+        &self.chain[self.chain.len() - 1].reference
     }
 
     /// The quarantine in force, if the workload has been invalidated.

@@ -155,10 +155,17 @@ impl Policy {
 
     /// Reads and parses a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let origin = path.display().to_string();
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| PolicyError::whole_file(&origin, format!("cannot read policy: {e}")))?;
-        Policy::parse(&source, &origin)
+        Policy::parse(&Policy::read(path)?, &path.display().to_string())
+    }
+
+    /// Reads a policy file's text, for [`Policy::parse`] with the path as origin.
+    pub fn read(path: &Path) -> Result<String, PolicyError> {
+        std::fs::read_to_string(path).map_err(|e| {
+            PolicyError::whole_file(
+                &path.display().to_string(),
+                format!("cannot read policy: {e}"),
+            )
+        })
     }
 
     /// The canonical text: equal for policies that mean the same, different otherwise.
@@ -168,7 +175,7 @@ impl Policy {
 
     /// sha256 of [`Policy::canonical`].
     pub fn digest(&self) -> [u8; 32] {
-        crate::canonical::sha256(self.canonical().as_bytes())
+        crate::canonical::policy_digest(self)
     }
 
     /// [`Policy::digest`] in lower-case hex.
@@ -209,6 +216,6 @@ impl Invariants {
 
     /// sha256 of [`Invariants::canonical`] in lower-case hex.
     pub fn digest_hex(&self) -> String {
-        hex::encode(crate::canonical::sha256(self.canonical().as_bytes()))
+        hex::encode(crate::canonical::rules_digest(&self.rules))
     }
 }

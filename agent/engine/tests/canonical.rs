@@ -119,3 +119,38 @@ fn port_star_differs_from_a_full_range() {
     let full = digest("name = \"p\"\n[[rule]]\nname = \"a\"\neffect = \"permit\"\nconnect = [\"1.2.3.4:1-65535\"]\n");
     assert_ne!(star, full);
 }
+
+/// The encoding is `bridle-policy/1`, byte for byte: digests already stored in permits and
+/// audit records must stay reproducible.
+#[test]
+fn the_canonical_text_is_bridle_policy_1_byte_for_byte() {
+    let p = Policy::parse(A, "c.toml").expect("parse");
+    assert_eq!(
+        p.canonical(),
+        r##"{"allow_anonymous_exec":false,"default":"refuse","format":"bridle-policy/1","mode":"enforce","name":"p","permit_ttl_ms":600000,"quarantine":{"action":"freeze","after_refusals":3,"within_ms":60000},"rules":[{"action":"connect","effect":"permit","name":"net","objects":["10.0.0.0/8:1-1024","api.example.com:443"],"rate_limit":{"max":5,"per_ms":60000}},{"action":"exec","effect":"permit","name":"tools","objects":["/usr/bin/*","/usr/bin/git"],"rate_limit":null}],"version":1}"##
+    );
+    let q = Policy::parse(
+        "name = \"q\"\n[[rule]]\nname = \"u\"\neffect = \"refuse\"\nconnect = [\"unix:/run/x.sock\", \"[2001:db8::/32]:53\", \"raw\"]\n[[rule]]\nname = \"odd\"\neffect = \"permit\"\nexec = [\"/opt/é \\\"x\\\"\\\\/bin\"]\n",
+        "q.toml",
+    )
+    .expect("parse");
+    assert_eq!(
+        q.canonical(),
+        r##"{"allow_anonymous_exec":false,"default":"refuse","format":"bridle-policy/1","mode":"enforce","name":"q","permit_ttl_ms":600000,"quarantine":null,"rules":[{"action":"exec","effect":"permit","name":"odd","objects":["/opt/é \"x\"\\/bin"],"rate_limit":null},{"action":"connect","effect":"refuse","name":"u","objects":["[2001:db8::/32]:53","raw","unix:/run/x.sock"],"rate_limit":null}],"version":null}"##
+    );
+    let sha = |text: &str| {
+        use sha2::Digest;
+        hex_of(sha2::Sha256::digest(text.as_bytes()).as_slice())
+    };
+    assert_eq!(q.digest_hex(), sha(&q.canonical()));
+    let inv = bridle_engine::Invariants::parse(
+        "[[rule]]\nname = \"no-sh\"\nexec = [\"/bin/sh\"]\n[[rule]]\nname = \"a.b\"\nconnect = [\"1.2.3.4:22\"]\n",
+        "i.toml",
+    )
+    .expect("invariants");
+    assert_eq!(
+        inv.canonical(),
+        r##"{"format":"bridle-policy/1","invariants":[{"action":"connect","effect":"refuse","name":"a.b","objects":["1.2.3.4:22"],"rate_limit":null},{"action":"exec","effect":"refuse","name":"no-sh","objects":["/bin/sh"],"rate_limit":null}]}"##
+    );
+    assert_eq!(inv.digest_hex(), sha(&inv.canonical()));
+}
