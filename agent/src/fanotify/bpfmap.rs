@@ -87,15 +87,8 @@ impl BpfMap {
 impl BpfMap {
     /// Deletes `key` (an exact match, also on an LPM trie); absent is not an error.
     pub fn delete<K: Copy>(&self, key: &K) -> io::Result<()> {
-        let attr = ElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: key as *const K as u64,
-            value: 0,
-            flags: 0,
-        };
-        // SAFETY: `attr` points at a live key of the map's key size.
-        let rc = unsafe { sys_bpf(BPF_MAP_DELETE_ELEM, &attr) };
+        // SAFETY: `key` is live and of the map's key size.
+        let rc = unsafe { delete_raw(self.fd.as_raw_fd(), key as *const K as *const u8) };
         let err = io::Error::last_os_error();
         if rc == 0 || err.raw_os_error() == Some(libc::ENOENT) {
             Ok(())
@@ -103,6 +96,22 @@ impl BpfMap {
             Err(err)
         }
     }
+}
+
+/// One `BPF_MAP_DELETE_ELEM`; returns 0 or -1 with errno set (ENOENT when absent).
+///
+/// # Safety
+/// `key` must point at the map's key size of readable memory.
+pub unsafe fn delete_raw(fd: RawFd, key: *const u8) -> i32 {
+    let attr = ElemAttr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: key as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: the caller vouches for the pointer.
+    unsafe { sys_bpf(BPF_MAP_DELETE_ELEM, &attr) as i32 }
 }
 
 /// One `BPF_MAP_UPDATE_ELEM`; returns 0 or -1 with errno set. Async-signal-safe.

@@ -72,7 +72,7 @@ struct ObjAttr {
 /// # Safety
 /// `attr` must be a valid attribute struct for `cmd`, and every pointer in it must stay valid
 /// for the call.
-unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(crate) unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: the caller vouches for `attr`; the kernel reads and writes at most its size.
     let rc = unsafe {
         libc::syscall(

@@ -4,6 +4,7 @@
 //! One module per concern: [`entries`] turns a compiled policy into map entries, [`events`]
 //! reads decisions back. This module owns the loaded object and nothing else.
 
+pub mod batch;
 pub mod bpf_sys;
 pub mod dns;
 pub mod entries;
@@ -75,6 +76,34 @@ pub struct Enforcer {
     btf: Option<aya::Btf>,
     /// The unix-socket hooks, loaded outside aya (see [`unix`]), or why they are missing.
     unix: unix::UnixState,
+    /// What the rule maps may hold, so a collection scans them only when a slot was left.
+    slots: SlotRecord,
+}
+
+/// The policy slots whose entries may be in the rule maps. The maps are scanned for entries
+/// of abandoned slots only when this says one may be there: scanning 10,000 entries costs
+/// tens of milliseconds, and most collections (every cgroup created on the host) find none.
+#[derive(Debug, Default)]
+pub(crate) struct SlotRecord {
+    /// Slots entries were written under since the last complete collection.
+    written: std::collections::HashSet<u64>,
+    /// The maps came from pins and may hold entries of any slot.
+    unknown: bool,
+}
+
+impl SlotRecord {
+    /// A record for maps adopted from a previous daemon.
+    pub(crate) fn adopted() -> SlotRecord {
+        SlotRecord {
+            written: Default::default(),
+            unknown: true,
+        }
+    }
+
+    /// Whether the maps may hold entries of a slot not in `active`.
+    fn may_hold_other_than(&self, active: &std::collections::HashSet<u64>) -> bool {
+        self.unknown || !self.written.is_subset(active)
+    }
 }
 
 /// Where programs and maps come from: this process's own load, or the pins a previous daemon
@@ -204,6 +233,7 @@ impl Enforcer {
             exec_tier: tier::ExecTier::Kill,
             btf: Some(btf),
             unix,
+            slots: SlotRecord::default(),
         })
     }
 
@@ -256,62 +286,43 @@ impl Enforcer {
     /// points one at `slot` (the first half of [`Enforcer::install`], for callers that write
     /// more under the slot before the switch: the DNS resolver's answers).
     pub fn write_entries(&mut self, slot: u64, entries: &KernelEntries) -> Result<()> {
-        {
-            let mut exec: HashMap<&mut MapData, ExecKey, Decision> =
-                map(&mut self.objects, "EXEC_RULES")?;
-            for (key, decision) in &entries.exec {
-                exec.insert(key, decision, 0)
-                    .with_context(|| format!("writing exec entry {key:?}"))?;
-            }
-        }
-        {
-            let mut places: HashMap<&mut MapData, ExecPlaceKey, Decision> =
-                map(&mut self.objects, "EXEC_PLACES")?;
-            for (key, decision) in &entries.places {
-                places
-                    .insert(key, decision, 0)
-                    .with_context(|| format!("writing exec place entry {key:?}"))?;
-            }
-        }
-        {
-            let mut net4: LpmTrie<&mut MapData, Net4Key, PortRules> =
-                map(&mut self.objects, "NET4_RULES")?;
-            for (prefix, addr, rules) in &entries.net4 {
-                let key = Key::new(
-                    NET_KEY_SLOT_BITS + u32::from(*prefix),
-                    Net4Key {
-                        slot: slot.to_ne_bytes(),
-                        addr: *addr,
-                    },
-                );
-                net4.insert(&key, rules, 0)
-                    .with_context(|| format!("writing IPv4 entry {addr:?}/{prefix}"))?;
-            }
-        }
-        {
-            let mut net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
-                map(&mut self.objects, "NET6_RULES")?;
-            for (prefix, addr, rules) in &entries.net6 {
-                let key = Key::new(
-                    NET_KEY_SLOT_BITS + u32::from(*prefix),
-                    Net6Key {
-                        slot: slot.to_ne_bytes(),
-                        addr: *addr,
-                    },
-                );
-                net6.insert(&key, rules, 0)
-                    .with_context(|| format!("writing IPv6 entry {addr:?}/{prefix}"))?;
-            }
-        }
+        // Recorded first: a write that fails halfway still leaves entries to collect.
+        self.slots.written.insert(slot);
+        // The typed views check each map's key and value sizes against the types the batch
+        // calls pass as raw bytes.
+        map::<HashMap<&mut MapData, ExecKey, Decision>>(&mut self.objects, "EXEC_RULES")?;
+        write_batch(&self.objects, "EXEC_RULES", &entries.exec, |k| {
+            format!("exec entry {k:?}")
+        })?;
+        map::<HashMap<&mut MapData, ExecPlaceKey, Decision>>(&mut self.objects, "EXEC_PLACES")?;
+        write_batch(&self.objects, "EXEC_PLACES", &entries.places, |k| {
+            format!("exec place entry {k:?}")
+        })?;
+        map::<LpmTrie<&mut MapData, Net4Key, PortRules>>(&mut self.objects, "NET4_RULES")?;
+        let net4 = lpm_entries(&entries.net4, |addr| Net4Key {
+            slot: slot.to_ne_bytes(),
+            addr,
+        });
+        write_batch(&self.objects, "NET4_RULES", &net4, |k| {
+            let (prefix, key) = (k.prefix_len(), k.data());
+            format!("IPv4 entry {:?}/{}", key.addr, prefix - NET_KEY_SLOT_BITS)
+        })?;
+        map::<LpmTrie<&mut MapData, Net6Key, PortRules>>(&mut self.objects, "NET6_RULES")?;
+        let net6 = lpm_entries(&entries.net6, |addr| Net6Key {
+            slot: slot.to_ne_bytes(),
+            addr,
+        });
+        write_batch(&self.objects, "NET6_RULES", &net6, |k| {
+            let (prefix, key) = (k.prefix_len(), k.data());
+            format!("IPv6 entry {:?}/{}", key.addr, prefix - NET_KEY_SLOT_BITS)
+        })?;
         // Pins adopted from a bridle that predates unix enforcement have no such map; the
         // unix rules are then reported as not enforced (Enforcer::unix_warning).
         if !entries.unix.is_empty() && self.objects.map(unix::MAP).is_some() {
-            let mut unix: HashMap<&mut MapData, UnixKey, Decision> =
-                map(&mut self.objects, unix::MAP)?;
-            for (key, decision) in &entries.unix {
-                unix.insert(key, decision, 0)
-                    .with_context(|| format!("writing unix-socket entry {key:?}"))?;
-            }
+            map::<HashMap<&mut MapData, UnixKey, Decision>>(&mut self.objects, unix::MAP)?;
+            write_batch(&self.objects, unix::MAP, &entries.unix, |k| {
+                format!("unix-socket entry {k:?}")
+            })?;
         }
         Ok(())
     }
@@ -330,78 +341,62 @@ impl Enforcer {
     /// Deletes every entry whose policy slot is not in `active`: the slots a reload replaced,
     /// and those of workloads released or gone. Returns how many entries went.
     pub fn collect_slots(&mut self, active: &std::collections::HashSet<u64>) -> Result<usize> {
+        if !self.slots.may_hold_other_than(active) {
+            return Ok(0);
+        }
         let mut removed = 0;
-        {
-            let mut exec: HashMap<&mut MapData, ExecKey, Decision> =
+        let exec: Vec<ExecKey> = {
+            let exec: HashMap<&mut MapData, ExecKey, Decision> =
                 map(&mut self.objects, "EXEC_RULES")?;
-            let stale: Vec<ExecKey> = exec
-                .keys()
+            exec.keys()
                 .filter_map(|k| k.ok())
                 .filter(|k| !active.contains(&k.slot))
-                .collect();
-            for key in stale {
-                if exec.remove(&key).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        {
-            let mut places: HashMap<&mut MapData, ExecPlaceKey, Decision> =
+                .collect()
+        };
+        removed += delete_batch(&self.objects, "EXEC_RULES", &exec)?;
+        let places: Vec<ExecPlaceKey> = {
+            let places: HashMap<&mut MapData, ExecPlaceKey, Decision> =
                 map(&mut self.objects, "EXEC_PLACES")?;
-            let stale: Vec<ExecPlaceKey> = places
+            places
                 .keys()
                 .filter_map(|k| k.ok())
                 .filter(|k| !active.contains(&k.slot))
-                .collect();
-            for key in stale {
-                if places.remove(&key).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        {
-            let mut net4: LpmTrie<&mut MapData, Net4Key, PortRules> =
+                .collect()
+        };
+        removed += delete_batch(&self.objects, "EXEC_PLACES", &places)?;
+        let net4: Vec<Key<Net4Key>> = {
+            let net4: LpmTrie<&mut MapData, Net4Key, PortRules> =
                 map(&mut self.objects, "NET4_RULES")?;
-            let stale: Vec<Key<Net4Key>> = net4
-                .keys()
+            net4.keys()
                 .filter_map(|k| k.ok())
                 .filter(|k| !active.contains(&u64::from_ne_bytes(k.data().slot)))
-                .collect();
-            for key in stale {
-                if net4.remove(&key).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        {
-            let mut net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
+                .collect()
+        };
+        removed += delete_batch(&self.objects, "NET4_RULES", &net4)?;
+        let net6: Vec<Key<Net6Key>> = {
+            let net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
                 map(&mut self.objects, "NET6_RULES")?;
-            let stale: Vec<Key<Net6Key>> = net6
-                .keys()
+            net6.keys()
                 .filter_map(|k| k.ok())
                 .filter(|k| !active.contains(&u64::from_ne_bytes(k.data().slot)))
-                .collect();
-            for key in stale {
-                if net6.remove(&key).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
+                .collect()
+        };
+        removed += delete_batch(&self.objects, "NET6_RULES", &net6)?;
         // Pins adopted from a daemon that predates unix enforcement have no such map.
         if self.objects.map(unix::MAP).is_some() {
-            let mut unix: HashMap<&mut MapData, UnixKey, Decision> =
-                map(&mut self.objects, unix::MAP)?;
-            let stale: Vec<UnixKey> = unix
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !active.contains(&k.slot))
-                .collect();
-            for key in stale {
-                if unix.remove(&key).is_ok() {
-                    removed += 1;
-                }
-            }
+            let unix: Vec<UnixKey> = {
+                let unix: HashMap<&mut MapData, UnixKey, Decision> =
+                    map(&mut self.objects, unix::MAP)?;
+                unix.keys()
+                    .filter_map(|k| k.ok())
+                    .filter(|k| !active.contains(&k.slot))
+                    .collect()
+            };
+            removed += delete_batch(&self.objects, unix::MAP, &unix)?;
         }
+        // Every map has been swept: only the active slots can have entries now.
+        self.slots.written.retain(|slot| active.contains(slot));
+        self.slots.unknown = false;
         Ok(removed)
     }
 
@@ -546,6 +541,55 @@ where
         .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Address entries (prefix length, address, port rules) as LPM-trie entries whose keys `key`
+/// makes from the address; the slot's bits come first in every prefix.
+fn lpm_entries<A: Copy, K: aya::Pod>(
+    entries: &[(u8, A, PortRules)],
+    key: impl Fn(A) -> K,
+) -> Vec<(Key<K>, PortRules)> {
+    entries
+        .iter()
+        .map(|(prefix, addr, rules)| {
+            let bits = NET_KEY_SLOT_BITS + u32::from(*prefix);
+            (Key::new(bits, key(*addr)), *rules)
+        })
+        .collect()
+}
+
+/// Writes `entries` into map `name` in one batch; an entry the kernel refuses is named by
+/// `what`.
+fn write_batch<K: aya::Pod, V: aya::Pod>(
+    objects: &Objects,
+    name: &str,
+    entries: &[(K, V)],
+    what: impl Fn(&K) -> String,
+) -> Result<()> {
+    let fd = objects
+        .map_fd(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+    batch::update(fd, entries).map_err(|refused| {
+        let named = entries
+            .get(refused.index)
+            .map(|(k, _)| what(k))
+            .unwrap_or_else(|| format!("entry {} of {name}", refused.index));
+        anyhow::Error::new(refused.error).context(format!("writing {named}"))
+    })
+}
+
+/// Deletes `keys` from map `name` in one batch; returns how many were there.
+fn delete_batch<K: aya::Pod>(objects: &Objects, name: &str, keys: &[K]) -> Result<usize> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let fd = objects
+        .map_fd(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+    batch::delete(fd, keys).map_err(|refused| {
+        anyhow::Error::new(refused.error)
+            .context(format!("deleting entry {} of {name}", refused.index))
+    })
 }
 
 fn map<'a, T>(objects: &'a mut Objects, name: &str) -> Result<T>

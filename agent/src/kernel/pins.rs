@@ -200,6 +200,7 @@ impl Enforcer {
             exec_tier,
             btf: None,
             unix,
+            slots: super::SlotRecord::adopted(),
         }))
     }
 
