@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     fs,
     os::unix::net::UnixDatagram,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -2039,4 +2039,78 @@ fn bridle_run_through_the_daemon_resolves_with_the_daemons_resolver() {
     s.wait_workloads(0);
     drop((s, allowed, dns));
     wait_no_programs();
+}
+
+/// How many entries the pinned map `name` holds, as `bpftool map dump` lists them.
+fn map_entries(pin_dir: &Path, name: &str) -> usize {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin_dir.join("maps").join(name))
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map dump {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    dump.as_array().map_or(0, Vec::len)
+}
+
+/// A reload writes every policy under a new slot and, once it has answered, deletes the old
+/// slot's entries: the address maps hold the current policy's entries and nothing else, after
+/// a reload of a changed policy as after one of an unchanged policy.
+#[test]
+fn reloads_leave_only_the_current_policys_entries() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("slots");
+    fs::create_dir_all(s.group.join("w1")).expect("w1");
+    let policy_file = s.dir.path().join("policies/p.toml");
+    let policy = |port: u16| {
+        let mut text = String::from(REFUSE_TOUCH);
+        for i in 0..40 {
+            text.push_str(&format!(
+                "\n[[rule]]\nname = \"net-{i}\"\neffect = \"permit\"\nconnect = [\"10.9.0.{i}:{port}\", \"[2001:db8::{i:x}]:{port}\"]\n"
+            ));
+        }
+        text
+    };
+    fs::write(&policy_file, policy(443)).expect("policy");
+    s.start();
+    s.wait_workloads(1);
+    let in_force = |s: &Setup| {
+        let status = s.status_json();
+        let w = &status["workloads"][0];
+        (
+            w["slot"].as_str().unwrap_or_default().to_owned(),
+            w["address_entries"].as_u64().unwrap_or(0) as usize,
+        )
+    };
+    let (mut slot, expected) = in_force(&s);
+    assert_eq!(expected, 80, "40 IPv4 and 40 IPv6 entries");
+    let stored =
+        |s: &Setup| map_entries(&s.pin_dir, "NET4_RULES") + map_entries(&s.pin_dir, "NET6_RULES");
+    assert_eq!(stored(&s), expected, "{}", s.log());
+    for (round, port) in [443, 8443, 8443].into_iter().enumerate() {
+        fs::write(&policy_file, policy(port)).expect("policy");
+        let reload = s.bridle(&["reload"]);
+        assert_eq!(reload.code, 0, "{}", reload.stderr);
+        let (now, entries) = in_force(&s);
+        assert_ne!(now, slot, "round {round}: a reload installs a new slot");
+        assert_eq!(entries, expected, "round {round}");
+        slot = now;
+        let start = Instant::now();
+        let mut left = stored(&s);
+        while left != expected && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+            left = stored(&s);
+        }
+        assert_eq!(
+            left,
+            expected,
+            "round {round}: the old slot's entries were not all removed\n{}",
+            s.log()
+        );
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! One permit per rule that has kernel entries: its object is the rule's patterns, its effect
 //! and code the rule's, and every kernel entry compiled from that rule carries the permit's id
-//! and expiry. A permit is signed and stored before its entries reach the kernel, so every
-//! kernel decision traces back to a signed record. Decisions by the policy's `default` come
+//! and expiry. A permit is signed and stored before its entries are in force (they may be
+//! written meanwhile into a slot no workload judges by), so every kernel decision traces back
+//! to a signed record. Decisions by the policy's `default` come
 //! from the workload entry itself and carry no permit.
 //!
 //! Each issuance and each renewal signs its permits as one batch (one hybrid signature over the
@@ -86,67 +87,68 @@ impl Issuer {
         subject: &Subject,
         rules: impl IntoIterator<Item = u32>,
     ) -> Result<()> {
-        let policy_ref = PolicyRef {
-            name: policy.name.clone(),
-            version: policy.version,
-            digest: policy.digest_hex(),
-        };
-        let by_name: HashMap<&str, &Rule> =
-            policy.rules.iter().map(|r| (r.name.as_str(), r)).collect();
-        let now = unix_now_ns();
+        self.issue_alongside(policy, compiled, subject, rules, |_| ())
+    }
+
+    /// [`Issuer::issue`], running `alongside` on this thread while the permits are built,
+    /// signed and stored on another. `alongside` gets each rule's kernel stamp (what
+    /// [`Issuer::stamp`] gives once this returns), so it can write entries that carry the
+    /// permits' ids into a slot no workload judges by yet. Its result is returned only once the
+    /// batch is stored: the caller switches to the slot after that, so no entry is in force
+    /// before its permit is signed and on disk.
+    pub fn issue_alongside<R>(
+        &mut self,
+        policy: &Policy,
+        compiled: &Compiled,
+        subject: &Subject,
+        rules: impl IntoIterator<Item = u32>,
+        alongside: impl FnOnce(&dyn Fn(u32) -> Option<(u64, u64)>) -> R,
+    ) -> Result<R> {
         let rules: Vec<(u32, &CompiledRule)> = rules
             .into_iter()
             .filter_map(|index| Some((index, compiled.rules.get(index as usize)?)))
             .collect();
         if rules.is_empty() {
-            return Ok(());
+            return Ok(alongside(&|_| None));
         }
+        let now = unix_now_ns();
+        let expires_at = now + self.ttl.as_nanos() as u64;
         let ids = Permit::new_ids(rules.len()).context("drawing permit ids")?;
-        let mut issued = Vec::with_capacity(rules.len());
-        for ((index, rule), id) in rules.into_iter().zip(ids) {
-            let (action, object) = by_name
-                .get(rule.name.as_str())
-                .map(|r| match &r.matcher {
-                    RuleMatcher::Exec(patterns) => (
-                        "exec",
-                        patterns
-                            .iter()
-                            .map(|p| p.as_str().to_owned())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ),
-                    RuleMatcher::Connect(objects) => (
-                        "connect",
-                        objects
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ),
-                })
-                .unwrap_or(("unknown", String::new()));
-            let permit = Permit {
-                id,
-                policy: policy_ref.clone(),
-                subject: subject.clone(),
-                action: action.to_owned(),
-                object,
-                effect: rule.effect,
-                code: rule.code,
-                rule: Some(rule.name.clone()),
-                issued_at: now,
-                expires_at: now + self.ttl.as_nanos() as u64,
-                key_id: String::new(),
-            };
-            issued.push((index, permit));
-        }
-        let (indexes, permits): (Vec<u32>, Vec<Permit>) = issued.into_iter().unzip();
-        let batch = self.sign_and_store(now, permits)?;
+        let drafted: HashMap<u32, u64> = rules
+            .iter()
+            .zip(&ids)
+            .map(|((index, _), id)| (*index, *id))
+            .collect();
+        // Every permit of the batch has the same expiry, so one kernel (boot-clock) time.
+        let boot_expiry = boot_now_ns() + expires_at.saturating_sub(unix_now_ns());
+        let stamp = |rule: u32| drafted.get(&rule).map(|id| (*id, boot_expiry));
+        // The compiled reference carries the digest already: recomputing it would re-encode
+        // the whole policy.
+        let policy_ref = PolicyRef {
+            name: compiled.policy.name.clone(),
+            version: compiled.policy.version,
+            digest: compiled.policy.digest.clone(),
+        };
+        let indexes: Vec<u32> = rules.iter().map(|(index, _)| *index).collect();
+        let (key, store) = (&self.key, &self.store);
+        let (batch, done) = std::thread::scope(|scope| {
+            let sealing = scope.spawn(move || {
+                let permits =
+                    draft_permits(policy, &policy_ref, subject, &rules, &ids, now, expires_at);
+                sign_and_store(key, store, now, permits)
+            });
+            let done = alongside(&stamp);
+            let batch = sealing
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the permit signer panicked")));
+            (batch, done)
+        });
+        let batch = batch?;
         self.batches.push(batch.header.id);
         for (index, entry) in indexes.into_iter().zip(batch.entries) {
             self.permits.insert(index, entry.permit);
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Re-signs every live permit with a fresh expiry (same ids) as one new batch, stores it,
@@ -180,12 +182,7 @@ impl Issuer {
     }
 
     fn sign_and_store(&self, now: u64, permits: Vec<Permit>) -> Result<PermitBatch> {
-        let id = Permit::new_id().context("drawing a batch id")?;
-        let batch = PermitBatch::sign(id, now, permits, &self.key);
-        self.store
-            .insert_batch(&batch)
-            .with_context(|| format!("storing permit batch {id:016x}"))?;
-        Ok(batch)
+        sign_and_store(&self.key, &self.store, now, permits)
     }
 
     /// How many permits are live (one per rule with entries, host rules included).
@@ -199,6 +196,74 @@ impl Issuer {
         let left = permit.expires_at.saturating_sub(unix_now_ns());
         Some((permit.id, boot_now_ns() + left))
     }
+}
+
+/// Signs `permits` as one batch and stores it.
+fn sign_and_store(
+    key: &KeyPair,
+    store: &PermitStore,
+    now: u64,
+    permits: Vec<Permit>,
+) -> Result<PermitBatch> {
+    let id = Permit::new_id().context("drawing a batch id")?;
+    let batch = PermitBatch::sign(id, now, permits, key);
+    store
+        .insert_batch(&batch)
+        .with_context(|| format!("storing permit batch {id:016x}"))?;
+    Ok(batch)
+}
+
+/// The permits of `rules`, with the ids drawn for them, in that order.
+fn draft_permits(
+    policy: &Policy,
+    policy_ref: &PolicyRef,
+    subject: &Subject,
+    rules: &[(u32, &CompiledRule)],
+    ids: &[u64],
+    now: u64,
+    expires_at: u64,
+) -> Vec<Permit> {
+    let by_name: HashMap<&str, &Rule> = policy.rules.iter().map(|r| (r.name.as_str(), r)).collect();
+    rules
+        .iter()
+        .zip(ids)
+        .map(|((_, rule), id)| {
+            let (action, object) = by_name
+                .get(rule.name.as_str())
+                .map(|r| match &r.matcher {
+                    RuleMatcher::Exec(patterns) => (
+                        "exec",
+                        patterns
+                            .iter()
+                            .map(|p| p.as_str().to_owned())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    RuleMatcher::Connect(objects) => (
+                        "connect",
+                        objects
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                })
+                .unwrap_or(("unknown", String::new()));
+            Permit {
+                id: *id,
+                policy: policy_ref.clone(),
+                subject: subject.clone(),
+                action: action.to_owned(),
+                object,
+                effect: rule.effect,
+                code: rule.code,
+                rule: Some(rule.name.clone()),
+                issued_at: now,
+                expires_at,
+                key_id: String::new(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

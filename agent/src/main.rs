@@ -1,6 +1,7 @@
 //! `bridle`: kernel-enforced guardrails for AI agents.
 
 mod cgroup;
+mod channel;
 mod cli;
 mod daemon;
 mod dns;

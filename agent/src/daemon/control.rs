@@ -173,7 +173,7 @@ impl Server {
     /// to `followers`.
     pub fn start(
         path: &Path,
-        to_daemon: mpsc::Sender<Asked>,
+        to_daemon: crate::channel::Sender<Asked>,
         followers: Followers,
     ) -> Result<Server> {
         if let Some(dir) = path.parent() {
@@ -223,7 +223,7 @@ impl Drop for Server {
 
 fn serve(
     listener: UnixListener,
-    to_daemon: mpsc::Sender<Asked>,
+    to_daemon: crate::channel::Sender<Asked>,
     followers: Followers,
     stop: Arc<AtomicBool>,
 ) {
@@ -242,7 +242,7 @@ fn serve(
 
 fn handle(
     mut stream: UnixStream,
-    to_daemon: &mpsc::Sender<Asked>,
+    to_daemon: &crate::channel::Sender<Asked>,
     followers: &Followers,
 ) -> Result<()> {
     stream.set_nonblocking(false)?;

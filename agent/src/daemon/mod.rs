@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod control;
+mod prepared;
 mod quarantine;
 mod resolver;
 mod runtime;
@@ -27,9 +28,7 @@ use crate::{
 };
 use anyhow::{bail, Context, Result};
 use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE};
-use bridle_engine::{
-    compile, Code, Compiled, Effect, Engine, Invariants, Mode, Policy, QuarantineAction, Verdict,
-};
+use bridle_engine::{Code, Compiled, Effect, Engine, Invariants, Mode, QuarantineAction, Verdict};
 use bridle_trust::{
     audit::{AuditConfig, AuditWriter, RecordFields, Repeats},
     Subject, SystemClock,
@@ -37,6 +36,7 @@ use bridle_trust::{
 use clap::{Args, ValueEnum};
 use config::Config;
 use control::{Reply, Request};
+use prepared::{Prepared, PreparedPolicies};
 use runtime::{Requested, Runtime};
 use serde_json::json;
 use std::{
@@ -46,7 +46,7 @@ use std::{
     process::ExitCode,
     sync::{
         atomic::{AtomicI32, Ordering},
-        mpsc, Arc,
+        Arc,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -97,7 +97,7 @@ struct Confined {
     policy_name: String,
     policy_file: PathBuf,
     mode: Option<Mode>,
-    compiled: Compiled,
+    compiled: Arc<Compiled>,
     entries: KernelEntries,
     config: Workload,
     issuer: Issuer,
@@ -152,6 +152,10 @@ struct Daemon {
     runtime: Runtime,
     /// The DNS resolvers of workloads whose policies have host rules.
     resolvers: resolver::Resolvers,
+    /// The policies as last prepared, which a reload reuses for unchanged files.
+    policies: PreparedPolicies,
+    /// Slots were left that the main loop collects once it has answered.
+    collect_due: bool,
 }
 
 /// Longest an exec of a workload waits for the engine on the fanotify tier before the fail
@@ -279,9 +283,12 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         ask_table,
         runtime,
         resolvers: resolver::Resolvers::new(),
+        policies: PreparedPolicies::default(),
+        collect_due: false,
     };
     crate::os::on_stop_signals(on_signal)?;
-    let (requests_tx, requests) = mpsc::channel();
+    let (requests_tx, requests) =
+        crate::channel::channel().context("creating the control request channel")?;
     let server = control::Server::start(&args.socket, requests_tx, daemon.followers.clone())?;
     tracing::debug!(ms = started_at.elapsed().as_millis(), "ready to confine");
     daemon.reconcile();
@@ -303,7 +310,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     let mut next_harvest = Instant::now();
     loop {
         crate::os::wait_readable_any(
-            &[events.as_raw_fd(), ask_decisions.fd()],
+            &[events.as_raw_fd(), ask_decisions.fd(), requests.fd()],
             Duration::from_millis(50),
         );
         let mut recorded = false;
@@ -348,7 +355,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         if let Err(err) = daemon.audit.tick() {
             error!("checkpointing the audit trail: {err:#}");
         }
-        while let Ok((request, reply)) = requests.try_recv() {
+        while let Some((request, reply)) = requests.try_recv() {
             let answer = daemon.answer(request);
             let _ = reply.send(answer);
         }
@@ -362,6 +369,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
                 );
                 break;
             }
+        }
+        if daemon.collect_due {
+            daemon.collect();
         }
         let now = Instant::now();
         // A new cgroup is looked at as soon as the kernel says it exists.
@@ -480,41 +490,7 @@ fn new_slot() -> u64 {
     }
 }
 
-/// A policy, compiled, ready to be installed for one workload.
-struct Prepared {
-    policy: Policy,
-    engine: Engine,
-    ask_engine: Arc<Engine>,
-    compiled: Compiled,
-}
-
 impl Daemon {
-    fn prepare(&self, file: &Path, mode: Option<Mode>) -> Result<Prepared> {
-        let t = Instant::now();
-        let mut policy = Policy::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(mode) = mode {
-            policy.mode = mode;
-        }
-        tracing::debug!(ms = t.elapsed().as_millis(), "prepare: parsed");
-        let engine = Engine::new(policy.clone()).with_invariants(self.invariants.clone());
-        tracing::debug!(ms = t.elapsed().as_millis(), "prepare: engine");
-        let ask_engine =
-            Arc::new(Engine::new(policy.clone()).with_invariants(self.invariants.clone()));
-        tracing::debug!(ms = t.elapsed().as_millis(), "prepare: ask engine");
-        let compiled = engine
-            .compile()
-            .into_iter()
-            .next_back()
-            .unwrap_or_else(|| compile(&policy));
-        tracing::debug!(ms = t.elapsed().as_millis(), "prepare: compiled");
-        Ok(Prepared {
-            policy,
-            engine,
-            ask_engine,
-            compiled,
-        })
-    }
-
     /// Installs `prepared` for the workload at `path` under a new slot and points the workload
     /// at it. The caller collects the old slot afterwards.
     fn install(
@@ -533,7 +509,7 @@ impl Daemon {
         for warning in &entries.not_enforced {
             warn!(cgroup = %path.display(), "{warning}");
         }
-        let mut issuer = Issuer::open(&self.config.state_dir, prepared.policy.permit_ttl)?;
+        let mut issuer = Issuer::open(&self.config.state_dir, prepared.policy().permit_ttl)?;
         let subject = Subject {
             cgroup_id: id,
             cgroup_path: path.display().to_string(),
@@ -543,15 +519,30 @@ impl Daemon {
         let mut rules = entries.rules();
         rules.extend(prepared.compiled.hosts.iter().map(|h| h.rule.0));
         tracing::debug!(ms = t.elapsed().as_millis(), "install: issuer opened");
-        issuer.issue(&prepared.policy, &prepared.compiled, &subject, rules)?;
-        entries.stamp(|rule| issuer.stamp(rule));
-        tracing::debug!(ms = t.elapsed().as_millis(), "install: permits issued");
+        // The entries go into the new slot while the permits they carry are signed and
+        // stored; the switch below waits for both.
+        let enforcer = &mut self.enforcer;
+        let written = issuer.issue_alongside(
+            prepared.policy(),
+            &prepared.compiled,
+            &subject,
+            rules,
+            |stamp| {
+                entries.stamp(stamp);
+                enforcer.write_entries(slot, &entries)
+            },
+        )?;
+        written?;
+        tracing::debug!(
+            ms = t.elapsed().as_millis(),
+            "install: permits issued, entries written"
+        );
         let default = if prepared.compiled.default == Effect::Permit {
             EFFECT_PERMIT
         } else {
             EFFECT_REFUSE
         };
-        let mut flags = if prepared.policy.mode == Mode::Observe {
+        let mut flags = if prepared.policy().mode == Mode::Observe {
             WORKLOAD_OBSERVE
         } else {
             0
@@ -567,8 +558,6 @@ impl Daemon {
             ..Workload::default()
         };
         net::set_raw(&mut config, &prepared.compiled);
-        self.enforcer.write_entries(slot, &entries)?;
-        tracing::debug!(ms = t.elapsed().as_millis(), "install: entries written");
         self.switch_slot(id, config, &prepared.compiled, &issuer)?;
         tracing::debug!(ms = t.elapsed().as_millis(), "install: switched");
         Ok((entries, config, issuer))
@@ -618,7 +607,9 @@ impl Daemon {
             );
         }
         let policy_file = source.policy_file;
-        let prepared = self.prepare(&policy_file, source.mode)?;
+        let prepared = self
+            .policies
+            .prepare(&policy_file, source.mode, &self.invariants)?;
         let (entries, config, issuer) = self.install(path, id, &prepared)?;
         // Entries first, then the links: the programs find a complete workload from their
         // first run at this cgroup. A cgroup adopted from pins is attached already.
@@ -630,12 +621,12 @@ impl Daemon {
         }
         info!(
             cgroup = %path.display(),
-            policy = %prepared.policy.name,
-            digest = %prepared.policy.digest_hex(),
-            mode = prepared.policy.mode.as_str(),
+            policy = %prepared.policy().name,
+            digest = %prepared.compiled.policy.digest,
+            mode = prepared.policy().mode.as_str(),
             "confined"
         );
-        let renew = (prepared.policy.permit_ttl / 2).max(Duration::from_secs(1));
+        let renew = (prepared.policy().permit_ttl / 2).max(Duration::from_secs(1));
         self.workloads.insert(
             id,
             Confined {
@@ -645,11 +636,11 @@ impl Daemon {
                 policy_name: source.policy_name,
                 policy_file,
                 mode: source.mode,
-                compiled: prepared.compiled,
                 entries,
                 config,
                 issuer,
-                policy_digest: prepared.policy.digest_hex(),
+                policy_digest: prepared.compiled.policy.digest.clone(),
+                compiled: prepared.compiled,
                 next_renewal: Instant::now() + renew,
                 engine: prepared.engine,
                 ask_engine: prepared.ask_engine,
@@ -698,6 +689,12 @@ impl Daemon {
 
     /// Brings the confined set in line with the cgroup tree and the configuration.
     fn reconcile(&mut self) {
+        self.reconcile_workloads();
+        self.collect();
+    }
+
+    /// [`Daemon::reconcile`] but for the collection of the slots it leaves.
+    fn reconcile_workloads(&mut self) {
         let root = match cgroup::v2_root() {
             Ok(r) => r,
             Err(err) => {
@@ -780,7 +777,6 @@ impl Daemon {
                 self.release(id);
             }
         }
-        self.collect();
     }
 
     fn release(&mut self, id: u64) {
@@ -800,8 +796,19 @@ impl Daemon {
         }
     }
 
+    /// Forgets the prepared policies no workload uses any more.
+    fn forget_unused_policies(&mut self) {
+        let workloads = &self.workloads;
+        self.policies.retain(|file, mode| {
+            workloads
+                .values()
+                .any(|w| w.policy_file == file && w.mode == mode)
+        });
+    }
+
     /// Deletes the entries of every slot no workload points at.
     fn collect(&mut self) {
+        self.collect_due = false;
         let active: HashSet<u64> = self.workloads.values().map(|w| w.config.slot).collect();
         match self.enforcer.collect_slots(&active) {
             Ok(0) => {}
@@ -828,6 +835,7 @@ impl Daemon {
     }
 
     fn try_reload(&mut self) -> Result<usize> {
+        let begun = Instant::now();
         let config = Config::load(&self.config_file)?;
         let invariants = load_invariants(&config)?;
         // Check everything before touching anything.
@@ -844,7 +852,7 @@ impl Daemon {
                 Some(e) => (self.config.policy_path(&e.policy), e.mode),
                 None => (w.policy_file.clone(), w.mode),
             };
-            match self.prepare(&file, mode) {
+            match self.policies.prepare(&file, mode, &self.invariants) {
                 Ok(p) => prepared.push((*id, entry.map(|e| e.policy), file, mode, p)),
                 Err(err) => {
                     self.config = old_config;
@@ -855,7 +863,13 @@ impl Daemon {
         }
         let count = prepared.len();
         let started = Instant::now();
-        tracing::debug!("reload: policies prepared");
+        // From the first switch on, replaced slots wait to be collected (even if a later
+        // install fails).
+        self.collect_due = true;
+        tracing::debug!(
+            ms = begun.elapsed().as_millis(),
+            "reload: policies prepared"
+        );
         for (id, name, file, mode, p) in prepared {
             let Some(path) = self.workloads.get(&id).map(|w| w.path.clone()) else {
                 continue;
@@ -871,11 +885,11 @@ impl Daemon {
             }
             let (entries, config, issuer) = self.install(&path, id, &p)?;
             if let Some(w) = self.workloads.get_mut(&id) {
+                w.policy_digest = p.compiled.policy.digest.clone();
                 w.compiled = p.compiled;
                 w.entries = entries;
                 w.config = config;
                 w.issuer = issuer;
-                w.policy_digest = p.policy.digest_hex();
                 w.engine = p.engine;
                 w.ask_engine = p.ask_engine;
                 w.policy_file = file;
@@ -888,12 +902,11 @@ impl Daemon {
             self.sync_resolver(id);
         }
         tracing::debug!(ms = started.elapsed().as_millis(), "reload: installed");
-        self.collect();
-        tracing::debug!(
-            ms = started.elapsed().as_millis(),
-            "reload: old slots collected"
-        );
-        self.reconcile();
+        self.reconcile_workloads();
+        tracing::debug!(ms = begun.elapsed().as_millis(), "reload: reconciled");
+        self.forget_unused_policies();
+        // The replaced slots are dead (no workload points at them): their entries go once the
+        // reload is answered.
         Ok(count)
     }
 
@@ -1169,7 +1182,8 @@ impl Daemon {
             self.config.policy_path(policy)
         };
         // Check the policy before anything changes.
-        self.prepare(&policy_file, mode)?;
+        self.policies
+            .prepare(&policy_file, mode, &self.invariants)?;
         if let Some(w) = self.workloads.get(&id) {
             if !w.requested {
                 bail!(
@@ -1253,10 +1267,10 @@ impl Daemon {
             Some(w) => (w.path.clone(), w.policy_file.clone(), w.mode),
             None => bail!("workload {id} is gone"),
         };
-        let p = self.prepare(&file, mode)?;
+        let p = self.policies.prepare(&file, mode, &self.invariants)?;
         let (entries, config, issuer) = self.install(&path, id, &p)?;
         if let Some(w) = self.workloads.get_mut(&id) {
-            w.policy_digest = p.policy.digest_hex();
+            w.policy_digest = p.compiled.policy.digest.clone();
             w.compiled = p.compiled;
             w.entries = entries;
             w.config = config;

@@ -194,65 +194,15 @@ pub struct AskStats {
     pub known: AtomicU64,
 }
 
-/// The sending end of the ask's decisions: a channel, and a pipe that wakes the loop that
-/// records them.
-#[derive(Clone)]
-pub struct DecisionSender {
-    tx: mpsc::Sender<AskDecision>,
-    wake: Arc<OwnedFd>,
-}
+/// The sending end of the ask's decisions (it wakes the loop that records them).
+pub type DecisionSender = crate::channel::Sender<AskDecision>;
 
 /// The receiving end of the ask's decisions, for the loop that prints and audits them.
-pub struct DecisionInbox {
-    rx: mpsc::Receiver<AskDecision>,
-    wake: OwnedFd,
-}
+pub type DecisionInbox = crate::channel::Receiver<AskDecision>;
 
 /// A channel for the ask's decisions whose receiving loop can wait on [`DecisionInbox::fd`].
 pub fn decision_channel() -> io::Result<(DecisionSender, DecisionInbox)> {
-    let mut ends = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two fds into `ends`.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
-    let (tx, rx) = mpsc::channel();
-    Ok((
-        DecisionSender {
-            tx,
-            wake: Arc::new(write),
-        },
-        DecisionInbox { rx, wake: read },
-    ))
-}
-
-impl DecisionSender {
-    /// Hands a decision over and wakes the receiving loop; gives the decision back if the
-    /// receiver is gone.
-    pub fn send(&self, decision: AskDecision) -> Result<(), AskDecision> {
-        self.tx.send(decision).map_err(|e| e.0)?;
-        // SAFETY: writes one byte from a live buffer; a full pipe already wakes the reader.
-        unsafe { libc::write(self.wake.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-        Ok(())
-    }
-}
-
-impl DecisionInbox {
-    /// The fd to poll: readable when decisions wait.
-    pub fn fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
-    }
-
-    /// The next waiting decision, if any (draining the wake-up pipe as it goes).
-    pub fn try_recv(&self) -> Option<AskDecision> {
-        let mut sink = [0u8; 64];
-        // SAFETY: reads into a live buffer of its length from our non-blocking pipe.
-        while unsafe { libc::read(self.wake.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0
-        {
-        }
-        self.rx.try_recv().ok()
-    }
+    crate::channel::channel()
 }
 
 /// A decision the fanotify tier took in user space (the kernel never saw the exec).
