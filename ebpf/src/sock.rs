@@ -54,8 +54,8 @@ pub(crate) fn inet4(ctx: &SockAddrContext, kind: u8) -> i32 {
     finish_connect(j, kind, port, addr)
 }
 
-/// Judges an IPv6 destination by the IPv6 rules; an IPv4-mapped one (`::ffff:a.b.c.d`, how a
-/// dual-stack socket reaches IPv4) is an IPv4 destination and meets the IPv4 rules.
+/// Judges an IPv6 destination; IPv4-mapped destinations meet the IPv4 rules the engine mapped
+/// into the IPv6 map.
 #[inline(always)]
 pub(crate) fn inet6(ctx: &SockAddrContext, kind: u8) -> i32 {
     if crate::dns::redirect6(ctx) {
@@ -68,19 +68,7 @@ pub(crate) fn inet6(ctx: &SockAddrContext, kind: u8) -> i32 {
         addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
     let port = u16::from_be(port as u16);
-    // The words are in network order, as the address bytes are.
-    let mapped = words[0] == 0 && words[1] == 0 && words[2].to_ne_bytes() == [0, 0, 0xff, 0xff];
     let j = judge(|slot, w, now| {
-        if mapped {
-            let key = Key::new(
-                NET_KEY_SLOT_BITS + 32,
-                Net4Key {
-                    slot: slot.to_ne_bytes(),
-                    addr: words[3].to_ne_bytes(),
-                },
-            );
-            return port_decision(NET4_RULES.get(&key), port, w.connect_default, now);
-        }
         let key = Key::new(
             NET_KEY_SLOT_BITS + 128,
             Net6Key {

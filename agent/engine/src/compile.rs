@@ -117,8 +117,9 @@ pub struct Compiled {
     pub exec: Vec<ExecEntry>,
     /// IPv4 prefixes, flattened, sorted by (prefix length, address).
     pub net4: Vec<NetEntry<Ipv4Addr>>,
-    /// IPv6 prefixes, flattened, sorted by (prefix length, address). None is IPv4-mapped: the
-    /// kernel judges a mapped destination by the IPv4 entries, as the engine does.
+    /// IPv6 prefixes, flattened; IPv4 entries also appear as `::ffff:a.b.c.d/(96+len)`, and
+    /// `::ffff:0:0/96` is always present so a mapped address never falls through to a shorter
+    /// native IPv6 prefix.
     pub net6: Vec<NetEntry<Ipv6Addr>>,
     /// Host-name patterns, sorted by rule id.
     pub hosts: Vec<HostEntry>,
@@ -255,9 +256,26 @@ pub(crate) fn compile_referenced(
     let net4 = flatten(&v4, |a: Ipv4Addr, len| {
         Ipv4Addr::from(mask4(u32::from(a), len))
     });
-    let net6 = flatten(&v6, |a: Ipv6Addr, len| {
+    let mut net6 = flatten(&v6, |a: Ipv6Addr, len| {
         Ipv6Addr::from(mask6(u128::from(a), len))
     });
+    let mut mapped_root = false;
+    for e in &net4 {
+        mapped_root |= e.prefix_len == 0;
+        net6.push(NetEntry {
+            addr: e.addr.to_ipv6_mapped(),
+            prefix_len: 96 + e.prefix_len,
+            ports: e.ports.clone(),
+        });
+    }
+    if !mapped_root {
+        net6.push(NetEntry {
+            addr: Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
+            prefix_len: 96,
+            ports: Vec::new(),
+        });
+    }
+    net6.sort_by_key(|a| (a.prefix_len, a.addr));
 
     Compiled {
         policy: reference,

@@ -350,7 +350,7 @@ pub struct DnsStats {
     pub observed: u64,
     /// SERVFAIL answers (upstream silent or unreachable, an entry not written).
     pub failed: u64,
-    /// Addresses with live DNS entries.
+    /// Addresses with live DNS entries (an IPv4 answer counts twice: its mapped form too).
     pub addresses: usize,
 }
 

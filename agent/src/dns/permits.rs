@@ -1,8 +1,7 @@
 //! The kernel entries the resolver installs for answered addresses.
 //!
-//! An answered address gets a full-length entry (/32, /128) under the workload's slot; an
-//! IPv4-mapped answer is an IPv4 address (the kernel judges a mapped destination by the IPv4
-//! entries). The engine
+//! An answered address gets a full-length entry (/32, /128; an IPv4 answer also its
+//! IPv4-mapped /128, which IPv6 sockets are judged by) under the workload's slot. The engine
 //! flattens every shorter prefix into each longer one and the kernel takes the longest match
 //! alone, so the entry must carry what the policy already said about the address: the table
 //! keeps that *base* (the longest match before the resolver wrote anything) and writes
@@ -90,7 +89,7 @@ impl Permits {
         self.slot
     }
 
-    /// How many addresses have DNS entries.
+    /// How many addresses (IPv4-mapped forms counted apart) have DNS entries.
     pub fn addresses(&self) -> usize {
         self.lock().len()
     }
@@ -101,7 +100,7 @@ impl Permits {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Installs `grants` for `ip`, answered for `name` until
+    /// Installs `grants` for `ip` (and its IPv4-mapped form), answered for `name` until
     /// `ends_ns`, merging with what is there. Each grant's `expires_ns` must already be the
     /// earlier of `ends_ns` and its permit's expiry. The kernel has them when this returns.
     /// Returns how many grants did not fit.
@@ -285,10 +284,13 @@ impl Permits {
 
 fn keys(ip: IpAddr) -> Vec<Addr> {
     match ip {
-        IpAddr::V4(v4) => vec![Addr::V4(v4.octets())],
+        IpAddr::V4(v4) => vec![
+            Addr::V4(v4.octets()),
+            Addr::V6(v4.to_ipv6_mapped().octets()),
+        ],
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             // A mapped answer is an IPv4 address in disguise: judge it as one.
-            Some(v4) => vec![Addr::V4(v4.octets())],
+            Some(v4) => vec![Addr::V4(v4.octets()), Addr::V6(v6.octets())],
             None => vec![Addr::V6(v6.octets())],
         },
     }
@@ -417,18 +419,11 @@ mod tests {
     }
 
     #[test]
-    fn a_mapped_answer_is_an_ipv4_entry() {
-        assert_eq!(
-            keys("1.2.3.4".parse().expect("ip")),
-            [Addr::V4([1, 2, 3, 4])]
-        );
-        assert_eq!(
-            keys("::ffff:1.2.3.4".parse().expect("ip")),
-            [Addr::V4([1, 2, 3, 4])]
-        );
-        assert_eq!(
-            keys("::1".parse().expect("ip")),
-            [Addr::V6(std::net::Ipv6Addr::LOCALHOST.octets())]
-        );
+    fn ipv4_answers_cover_the_mapped_form() {
+        let k = keys("1.2.3.4".parse().expect("ip"));
+        assert_eq!(k.len(), 2);
+        let k = keys("::ffff:1.2.3.4".parse().expect("ip"));
+        assert_eq!(k[0], Addr::V4([1, 2, 3, 4]));
+        assert_eq!(keys("::1".parse().expect("ip")).len(), 1);
     }
 }
