@@ -1808,12 +1808,24 @@ fn the_resolver_follows_reloads_and_quarantine() {
     let (before, resolver) = slots(&s);
     assert_eq!(resolver["slot"].as_str(), Some(before.as_str()));
 
-    // A reload installs a fresh slot; the resolver moves with the workload, and the address
-    // it answered stays reachable without resolving it again.
+    // A reload with nothing changed keeps the slot.
+    let reload = s.bridle(&["reload"]);
+    assert_eq!(reload.code, 0, "{}", reload.stderr);
+    assert_eq!(slots(&s).0, before, "an unchanged policy keeps its slot");
+
+    // A changed policy that still allows the name gets a fresh slot; the resolver moves with
+    // the workload, and the address it answered stays reachable without resolving it again.
+    s.write_policy(&dns_policy(
+        &[format!("allowed.test:{port}"), "127.0.0.99:1".to_owned()],
+        quarantine,
+    ));
     let reload = s.bridle(&["reload"]);
     assert_eq!(reload.code, 0, "{}", reload.stderr);
     let (after, resolver) = slots(&s);
-    assert_ne!(after, before, "a reload installs a new slot");
+    assert_ne!(
+        after, before,
+        "a changed policy is installed under a new slot"
+    );
     assert_eq!(
         resolver["slot"].as_str(),
         Some(after.as_str()),
@@ -2057,9 +2069,9 @@ fn map_entries(pin_dir: &Path, name: &str) -> usize {
     dump.as_array().map_or(0, Vec::len)
 }
 
-/// A reload writes every policy under a new slot and, once it has answered, deletes the old
-/// slot's entries: the address maps hold the current policy's entries and nothing else, after
-/// a reload of a changed policy as after one of an unchanged policy.
+/// A reload writes a changed policy under a new slot and, once it has answered, deletes the
+/// old slot's entries; an unchanged policy keeps its slot, entries and permits. Either way the
+/// address maps hold the current policy's entries and nothing else.
 #[test]
 fn reloads_leave_only_the_current_policys_entries() {
     require_root();
@@ -2088,16 +2100,46 @@ fn reloads_leave_only_the_current_policys_entries() {
         )
     };
     let (mut slot, expected) = in_force(&s);
-    assert!(expected >= 80, "40 IPv4 and 40 IPv6 addresses: {expected} entries");
+    assert!(
+        expected >= 80,
+        "40 IPv4 and 40 IPv6 addresses: {expected} entries"
+    );
     let stored =
         |s: &Setup| map_entries(&s.pin_dir, "NET4_RULES") + map_entries(&s.pin_dir, "NET6_RULES");
     assert_eq!(stored(&s), expected, "{}", s.log());
-    for (round, port) in [443, 8443, 8443].into_iter().enumerate() {
+    // The signed permit batches in the state directory.
+    let permits = |s: &Setup| -> std::collections::BTreeSet<String> {
+        fs::read_dir(s.dir.path().join("state/permits"))
+            .expect("permit store")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("batch-"))
+            .collect()
+    };
+    for (round, (port, changed)) in [(8443, true), (8443, false), (443, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let issued = permits(&s);
         fs::write(&policy_file, policy(port)).expect("policy");
         let reload = s.bridle(&["reload"]);
         assert_eq!(reload.code, 0, "{}", reload.stderr);
         let (now, entries) = in_force(&s);
-        assert_ne!(now, slot, "round {round}: a reload installs a new slot");
+        if changed {
+            assert_ne!(now, slot, "round {round}: a changed policy gets a new slot");
+            assert_eq!(
+                permits(&s).difference(&issued).count(),
+                1,
+                "round {round}: and one new batch of permits"
+            );
+        } else {
+            assert_eq!(
+                now,
+                slot,
+                "round {round}: an unchanged policy keeps its slot\n{}",
+                s.log()
+            );
+            assert_eq!(permits(&s), issued, "round {round}: and its permits");
+        }
         assert_eq!(entries, expected, "round {round}");
         slot = now;
         let start = Instant::now();

@@ -874,12 +874,17 @@ impl Daemon {
             let Some(path) = self.workloads.get(&id).map(|w| w.path.clone()) else {
                 continue;
             };
+            let unchanged = self.still_in_force(id, &p);
             if let Some(w) = self.workloads.get_mut(&id) {
-                if w.quarantined.is_some() {
+                if w.quarantined.is_some() || unchanged {
                     // A quarantine outlives reloads; lifting it installs the policy then
-                    // current.
+                    // current. A workload whose policy and entries are what they were keeps
+                    // its slot, its permits and its engine's state.
                     w.policy_file = file;
                     w.mode = mode;
+                    if let Some(name) = name {
+                        w.policy_name = name;
+                    }
                     continue;
                 }
             }
@@ -908,6 +913,26 @@ impl Daemon {
         // The replaced slots are dead (no workload points at them): their entries go once the
         // reload is answered.
         Ok(count)
+    }
+
+    /// Whether `prepared` is the policy workload `id` already runs on (the same preparation,
+    /// so the same file, mode and invariants) and its entries, with the exec files resolved
+    /// afresh, are those in the kernel: then a reload has nothing to change for it.
+    fn still_in_force(&self, id: u64, prepared: &Prepared) -> bool {
+        let Some(w) = self.workloads.get(&id) else {
+            return false;
+        };
+        if !Arc::ptr_eq(&w.compiled, &prepared.compiled) {
+            return false;
+        }
+        let Ok(mut fresh) = entries::build(&prepared.engine, &prepared.compiled, w.config.slot)
+        else {
+            return false;
+        };
+        fresh
+            .not_enforced
+            .extend(self.enforcer.unix_warning(&prepared.compiled));
+        fresh.decide_as(&w.entries)
     }
 
     /// Renews the permits of workloads whose renewal is due, and re-resolves their files.

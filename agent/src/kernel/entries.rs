@@ -34,7 +34,7 @@ use std::{
 const WALK_LIMIT: usize = 500_000;
 
 /// Everything one workload needs in the kernel.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KernelEntries {
     /// Exec decisions by file identity.
     pub exec: Vec<(ExecKey, Decision)>,
@@ -89,6 +89,67 @@ impl KernelEntries {
                 .for_each(|r| apply(&mut r.decision));
         }
     }
+
+    /// Whether these entries decide everything as `other` does: the same keys and the same
+    /// decisions, whatever permits stamp them.
+    pub fn decide_as(&self, other: &KernelEntries) -> bool {
+        // The lists come from sets and directory walks: their order means nothing.
+        same_keyed(&self.exec, &other.exec)
+            && same_keyed(&self.places, &other.places)
+            && same_keyed(&self.unix, &other.unix)
+            && same_nets(&self.net4, &other.net4)
+            && same_nets(&self.net6, &other.net6)
+            && self.exec_paths == other.exec_paths
+            && self.not_enforced == other.not_enforced
+    }
+}
+
+/// The same decision, whatever permit stamps it.
+fn same_decision(a: &Decision, b: &Decision) -> bool {
+    let unstamped = |d: &Decision| Decision {
+        permit_id: 0,
+        expires_ns: 0,
+        ..*d
+    };
+    unstamped(a) == unstamped(b)
+}
+
+/// The same keys with the same decisions, in any order.
+fn same_keyed<K: std::hash::Hash + Eq>(a: &[(K, Decision)], b: &[(K, Decision)]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let by_key: HashMap<&K, &Decision> = a.iter().map(|(k, d)| (k, d)).collect();
+    by_key.len() == a.len()
+        && b.iter()
+            .all(|(k, d)| by_key.get(k).is_some_and(|x| same_decision(x, d)))
+}
+
+/// `list` in (prefix length, address) order.
+fn sorted_nets<A: Ord>(list: &[(u8, A, PortRules)]) -> Vec<&(u8, A, PortRules)> {
+    let mut refs: Vec<&(u8, A, PortRules)> = list.iter().collect();
+    refs.sort_by(|x, y| (x.0, &x.1).cmp(&(y.0, &y.1)));
+    refs
+}
+
+/// The same prefixes with the same port rules, in any order.
+fn same_nets<A: Ord>(a: &[(u8, A, PortRules)], b: &[(u8, A, PortRules)]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    sorted_nets(a).iter().zip(sorted_nets(b)).all(|(x, y)| {
+        let (p, q) = (&x.2, &y.2);
+        x.0 == y.0
+            && x.1 == y.1
+            && p.len == q.len
+            && p.rules
+                .iter()
+                .zip(&q.rules)
+                .take(p.len as usize)
+                .all(|(r, s)| {
+                    r.lo == s.lo && r.hi == s.hi && same_decision(&r.decision, &s.decision)
+                })
+    })
 }
 
 fn used(p: &PortRules) -> impl Iterator<Item = u32> + '_ {
@@ -477,6 +538,53 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("temp dir");
         dir
+    }
+
+    #[test]
+    fn entries_decide_alike_whatever_their_order_and_permits() {
+        let decision = |rule: u32, effect: u8| Decision {
+            rule,
+            effect,
+            ..Decision::default()
+        };
+        let key = |ino: u64| ExecKey {
+            ino,
+            ..ExecKey::default()
+        };
+        let mut ports = PortRules {
+            len: 1,
+            ..PortRules::default()
+        };
+        ports.rules[0].hi = 443;
+        ports.rules[0].decision = decision(1, EFFECT_PERMIT);
+        let a = KernelEntries {
+            exec: vec![
+                (key(1), decision(0, EFFECT_PERMIT)),
+                (key(2), decision(2, 0)),
+            ],
+            net4: vec![(32, [10, 0, 0, 1], ports), (24, [10, 0, 1, 0], ports)],
+            ..KernelEntries::default()
+        };
+        let mut b = KernelEntries {
+            exec: vec![
+                (key(2), decision(2, 0)),
+                (key(1), decision(0, EFFECT_PERMIT)),
+            ],
+            net4: vec![(24, [10, 0, 1, 0], ports), (32, [10, 0, 0, 1], ports)],
+            ..KernelEntries::default()
+        };
+        b.stamp(|rule| Some((u64::from(rule) + 100, 12345)));
+        assert!(a.decide_as(&b), "reordered and stamped");
+
+        let mut refused = b.clone();
+        refused.exec[1].1.effect = 0;
+        assert!(!a.decide_as(&refused), "a decision changed");
+        let mut moved = b.clone();
+        moved.net4[0].0 = 25;
+        assert!(!a.decide_as(&moved), "a prefix changed");
+        let mut fewer = b;
+        fewer.exec.pop();
+        assert!(!a.decide_as(&fewer), "an entry went");
     }
 
     #[test]

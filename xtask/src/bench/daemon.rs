@@ -19,8 +19,8 @@ const SIZES: [usize; 2] = [10, 10_000];
 /// Longest a start or a reload may take before the run fails.
 const PATIENCE: Duration = Duration::from_secs(300);
 
-/// A policy of `n` rules, each permitting one address (so each is one signed permit and one
-/// kernel entry).
+/// A policy of `n` rules, each permitting one address (so each is one signed permit and two
+/// kernel entries: the address and its IPv4-mapped IPv6 form).
 fn policy(n: usize) -> String {
     let mut text = format!("name = \"bench-daemon-{n}\"\ndefault = \"refuse\"\n");
     for i in 0..n {
@@ -233,12 +233,14 @@ pub fn run(bin: &Path, scratch: &Path, rounds: usize, report: &mut Report) -> Re
          notify socket, which it sends once the configured workload is confined (programs loaded, \
          exec tier probed, policy compiled, permits signed, entries written, links attached and \
          pinned). Memory: VmRSS once ready. Reload: one reload request on the control socket, \
-         answered once every workload runs on its re-read policy: the file read and hashed, \
-         exec files resolved, every permit signed and stored, every entry written under a new \
-         slot, the workload switched to it (the old slot's entries are removed after the answer). \
-         Unchanged: the file is what it was, so its parse, index and compile are reused; one \
-         rule changed: the file is parsed, indexed and compiled again. Each rule permits one address: one signed \
-         permit and one kernel entry per rule.",
+         answered once every workload runs on its re-read policy. Unchanged: the file's bytes, \
+         the invariants and the resolved exec files are what they were, so the workload keeps \
+         its slot and permits (the reload reads and hashes the file, resolves the exec files and \
+         compares the entries). One rule changed: the file is parsed, indexed and compiled, \
+         every permit signed and stored while every entry is written under a new slot, the \
+         workload switched to it; the old slot's entries are removed after the answer. Each \
+         rule permits one address: one signed permit and two kernel entries (the address and \
+         its IPv4-mapped IPv6 form) per rule.",
     );
     Ok(())
 }
