@@ -43,39 +43,64 @@ pub struct Refused {
     pub error: io::Error,
 }
 
-/// Writes (creates or replaces) every `(key, value)` of `entries` into the map `fd`. `K` and
-/// `V` must be the map's exact key and value types. Stops at the first entry the kernel
-/// refuses; the ones before it are written.
-pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> Result<(), Refused> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    // The batch call wants the keys and the values each as one array.
-    let keys: Vec<K> = entries.iter().map(|(k, _)| *k).collect();
-    let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
-    let mut done = 0;
-    while done < keys.len() {
-        let count = u32::try_from(keys.len() - done).unwrap_or(u32::MAX);
-        let mut attr = BatchAttr {
-            keys: keys[done..].as_ptr() as u64,
-            values: values[done..].as_ptr() as u64,
-            count,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `keys` and `values` hold `count` elements of the map's key and value sizes
-        // from `done` on, alive for the call.
-        let Err(error) = (unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }) else {
-            return Ok(());
-        };
-        if done == 0 && attr.count == 0 && unsupported(&error) {
-            return update_each(fd, &keys, &values);
+/// Entries per batch call: the call wants the keys and the values each as one array, and
+/// copying them a chunk at a time keeps a policy of 100,000 addresses from doubling the
+/// memory its entries take.
+const CHUNK: usize = 4096;
+
+/// Writes (creates or replaces) the entry `split` makes of each item of `items` into the map
+/// `fd`. `K` and `V` must be the map's exact key and value types. Stops at the first entry the
+/// kernel refuses (its index in `items`); the ones before it are written.
+pub fn update<E, K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    items: &[E],
+    split: impl Fn(&E) -> (K, V),
+) -> Result<(), Refused> {
+    let mut keys: Vec<K> = Vec::with_capacity(items.len().min(CHUNK));
+    let mut values: Vec<V> = Vec::with_capacity(items.len().min(CHUNK));
+    let mut batched = true;
+    for (chunk, part) in items.chunks(CHUNK).enumerate() {
+        let base = chunk * CHUNK;
+        keys.clear();
+        values.clear();
+        for item in part {
+            let (key, value) = split(item);
+            keys.push(key);
+            values.push(value);
         }
-        done += attr.count as usize;
-        if error.raw_os_error() == Some(libc::EINTR) {
+        let refused = |index: usize, error| Refused {
+            index: base + index,
+            error,
+        };
+        if !batched {
+            update_each(fd, &keys, &values).map_err(|r| refused(r.index, r.error))?;
             continue;
         }
-        return Err(Refused { index: done, error });
+        let mut done = 0;
+        while done < keys.len() {
+            let mut attr = BatchAttr {
+                keys: keys[done..].as_ptr() as u64,
+                values: values[done..].as_ptr() as u64,
+                // At most CHUNK.
+                count: (keys.len() - done) as u32,
+                map_fd: fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: `keys` and `values` hold `count` elements of the map's key and value
+            // sizes from `done` on, alive for the call.
+            let Err(error) = (unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }) else {
+                break;
+            };
+            if base == 0 && done == 0 && attr.count == 0 && unsupported(&error) {
+                batched = false;
+                update_each(fd, &keys, &values).map_err(|r| refused(r.index, r.error))?;
+                break;
+            }
+            done += attr.count as usize;
+            if error.raw_os_error() != Some(libc::EINTR) {
+                return Err(refused(done, error));
+            }
+        }
     }
     Ok(())
 }

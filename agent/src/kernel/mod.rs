@@ -291,28 +291,48 @@ impl Enforcer {
         // The typed views check each map's key and value sizes against the types the batch
         // calls pass as raw bytes.
         map::<HashMap<&mut MapData, ExecKey, Decision>>(&mut self.objects, "EXEC_RULES")?;
-        write_batch(&self.objects, "EXEC_RULES", &entries.exec, |k| {
-            format!("exec entry {k:?}")
-        })?;
+        write_batch(
+            &self.objects,
+            "EXEC_RULES",
+            &entries.exec,
+            |e| *e,
+            |k| format!("exec entry {k:?}"),
+        )?;
         map::<HashMap<&mut MapData, ExecPlaceKey, Decision>>(&mut self.objects, "EXEC_PLACES")?;
-        write_batch(&self.objects, "EXEC_PLACES", &entries.places, |k| {
-            format!("exec place entry {k:?}")
-        })?;
+        write_batch(
+            &self.objects,
+            "EXEC_PLACES",
+            &entries.places,
+            |e| *e,
+            |k| format!("exec place entry {k:?}"),
+        )?;
         map::<LpmTrie<&mut MapData, Net4Key, PortRules>>(&mut self.objects, "NET4_RULES")?;
-        let net4 = lpm_entries(&entries.net4, |addr| Net4Key {
-            slot: slot.to_ne_bytes(),
-            addr,
-        });
-        write_batch(&self.objects, "NET4_RULES", &net4, |k| {
+        let net4 = |(prefix, addr, rules): &(u8, [u8; 4], PortRules)| {
+            let key = Net4Key {
+                slot: slot.to_ne_bytes(),
+                addr: *addr,
+            };
+            (
+                Key::new(NET_KEY_SLOT_BITS + u32::from(*prefix), key),
+                *rules,
+            )
+        };
+        write_batch(&self.objects, "NET4_RULES", &entries.net4, net4, |k| {
             let (prefix, key) = (k.prefix_len(), k.data());
             format!("IPv4 entry {:?}/{}", key.addr, prefix - NET_KEY_SLOT_BITS)
         })?;
         map::<LpmTrie<&mut MapData, Net6Key, PortRules>>(&mut self.objects, "NET6_RULES")?;
-        let net6 = lpm_entries(&entries.net6, |addr| Net6Key {
-            slot: slot.to_ne_bytes(),
-            addr,
-        });
-        write_batch(&self.objects, "NET6_RULES", &net6, |k| {
+        let net6 = |(prefix, addr, rules): &(u8, [u8; 16], PortRules)| {
+            let key = Net6Key {
+                slot: slot.to_ne_bytes(),
+                addr: *addr,
+            };
+            (
+                Key::new(NET_KEY_SLOT_BITS + u32::from(*prefix), key),
+                *rules,
+            )
+        };
+        write_batch(&self.objects, "NET6_RULES", &entries.net6, net6, |k| {
             let (prefix, key) = (k.prefix_len(), k.data());
             format!("IPv6 entry {:?}/{}", key.addr, prefix - NET_KEY_SLOT_BITS)
         })?;
@@ -320,9 +340,13 @@ impl Enforcer {
         // unix rules are then reported as not enforced (Enforcer::unix_warning).
         if !entries.unix.is_empty() && self.objects.map(unix::MAP).is_some() {
             map::<HashMap<&mut MapData, UnixKey, Decision>>(&mut self.objects, unix::MAP)?;
-            write_batch(&self.objects, unix::MAP, &entries.unix, |k| {
-                format!("unix-socket entry {k:?}")
-            })?;
+            write_batch(
+                &self.objects,
+                unix::MAP,
+                &entries.unix,
+                |e| *e,
+                |k| format!("unix-socket entry {k:?}"),
+            )?;
         }
         Ok(())
     }
@@ -543,36 +567,25 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
-/// Address entries (prefix length, address, port rules) as LPM-trie entries whose keys `key`
-/// makes from the address; the slot's bits come first in every prefix.
-fn lpm_entries<A: Copy, K: aya::Pod>(
-    entries: &[(u8, A, PortRules)],
-    key: impl Fn(A) -> K,
-) -> Vec<(Key<K>, PortRules)> {
-    entries
-        .iter()
-        .map(|(prefix, addr, rules)| {
-            let bits = NET_KEY_SLOT_BITS + u32::from(*prefix);
-            (Key::new(bits, key(*addr)), *rules)
-        })
-        .collect()
-}
-
-/// Writes `entries` into map `name` in one batch; an entry the kernel refuses is named by
-/// `what`.
-fn write_batch<K: aya::Pod, V: aya::Pod>(
+/// Writes the entry `split` makes of each item of `items` into map `name`, in batches; an
+/// entry the kernel refuses is named by `what`.
+fn write_batch<E, K: aya::Pod, V: aya::Pod>(
     objects: &Objects,
     name: &str,
-    entries: &[(K, V)],
+    items: &[E],
+    split: impl Fn(&E) -> (K, V),
     what: impl Fn(&K) -> String,
 ) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
     let fd = objects
         .map_fd(name)
         .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
-    batch::update(fd, entries).map_err(|refused| {
-        let named = entries
+    batch::update(fd, items, &split).map_err(|refused| {
+        let named = items
             .get(refused.index)
-            .map(|(k, _)| what(k))
+            .map(|item| what(&split(item).0))
             .unwrap_or_else(|| format!("entry {} of {name}", refused.index));
         anyhow::Error::new(refused.error).context(format!("writing {named}"))
     })
