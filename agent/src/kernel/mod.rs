@@ -288,65 +288,25 @@ impl Enforcer {
     pub fn write_entries(&mut self, slot: u64, entries: &KernelEntries) -> Result<()> {
         // Recorded first: a write that fails halfway still leaves entries to collect.
         self.slots.written.insert(slot);
-        // The typed views check each map's key and value sizes against the types the batch
-        // calls pass as raw bytes.
-        map::<HashMap<&mut MapData, ExecKey, Decision>>(&mut self.objects, "EXEC_RULES")?;
-        write_batch(
-            &self.objects,
-            "EXEC_RULES",
-            &entries.exec,
-            |e| *e,
-            |k| format!("exec entry {k:?}"),
-        )?;
-        map::<HashMap<&mut MapData, ExecPlaceKey, Decision>>(&mut self.objects, "EXEC_PLACES")?;
-        write_batch(
-            &self.objects,
-            "EXEC_PLACES",
-            &entries.places,
-            |e| *e,
-            |k| format!("exec place entry {k:?}"),
-        )?;
-        map::<LpmTrie<&mut MapData, Net4Key, PortRules>>(&mut self.objects, "NET4_RULES")?;
-        let net4 = |(prefix, addr, rules): &(u8, [u8; 4], PortRules)| {
-            let key = Net4Key {
+        let objects = &mut self.objects;
+        write_hash(objects, "EXEC_RULES", "exec entry", &entries.exec)?;
+        write_hash(objects, "EXEC_PLACES", "exec place entry", &entries.places)?;
+        write_lpm(objects, "NET4_RULES", "IPv4 entry", &entries.net4, |addr| {
+            Net4Key {
                 slot: slot.to_ne_bytes(),
-                addr: *addr,
-            };
-            (
-                Key::new(NET_KEY_SLOT_BITS + u32::from(*prefix), key),
-                *rules,
-            )
-        };
-        write_batch(&self.objects, "NET4_RULES", &entries.net4, net4, |k| {
-            let (prefix, key) = (k.prefix_len(), k.data());
-            format!("IPv4 entry {:?}/{}", key.addr, prefix - NET_KEY_SLOT_BITS)
+                addr,
+            }
         })?;
-        map::<LpmTrie<&mut MapData, Net6Key, PortRules>>(&mut self.objects, "NET6_RULES")?;
-        let net6 = |(prefix, addr, rules): &(u8, [u8; 16], PortRules)| {
-            let key = Net6Key {
+        write_lpm(objects, "NET6_RULES", "IPv6 entry", &entries.net6, |addr| {
+            Net6Key {
                 slot: slot.to_ne_bytes(),
-                addr: *addr,
-            };
-            (
-                Key::new(NET_KEY_SLOT_BITS + u32::from(*prefix), key),
-                *rules,
-            )
-        };
-        write_batch(&self.objects, "NET6_RULES", &entries.net6, net6, |k| {
-            let (prefix, key) = (k.prefix_len(), k.data());
-            format!("IPv6 entry {:?}/{}", key.addr, prefix - NET_KEY_SLOT_BITS)
+                addr,
+            }
         })?;
         // Pins adopted from a bridle that predates unix enforcement have no such map; the
         // unix rules are then reported as not enforced (Enforcer::unix_warning).
-        if !entries.unix.is_empty() && self.objects.map(unix::MAP).is_some() {
-            map::<HashMap<&mut MapData, UnixKey, Decision>>(&mut self.objects, unix::MAP)?;
-            write_batch(
-                &self.objects,
-                unix::MAP,
-                &entries.unix,
-                |e| *e,
-                |k| format!("unix-socket entry {k:?}"),
-            )?;
+        if !entries.unix.is_empty() && objects.map(unix::MAP).is_some() {
+            write_hash(objects, unix::MAP, "unix-socket entry", &entries.unix)?;
         }
         Ok(())
     }
@@ -368,55 +328,19 @@ impl Enforcer {
         if !self.slots.may_hold_other_than(active) {
             return Ok(0);
         }
-        let mut removed = 0;
-        let exec: Vec<ExecKey> = {
-            let exec: HashMap<&mut MapData, ExecKey, Decision> =
-                map(&mut self.objects, "EXEC_RULES")?;
-            exec.keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !active.contains(&k.slot))
-                .collect()
-        };
-        removed += delete_batch(&self.objects, "EXEC_RULES", &exec)?;
-        let places: Vec<ExecPlaceKey> = {
-            let places: HashMap<&mut MapData, ExecPlaceKey, Decision> =
-                map(&mut self.objects, "EXEC_PLACES")?;
-            places
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !active.contains(&k.slot))
-                .collect()
-        };
-        removed += delete_batch(&self.objects, "EXEC_PLACES", &places)?;
-        let net4: Vec<Key<Net4Key>> = {
-            let net4: LpmTrie<&mut MapData, Net4Key, PortRules> =
-                map(&mut self.objects, "NET4_RULES")?;
-            net4.keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !active.contains(&u64::from_ne_bytes(k.data().slot)))
-                .collect()
-        };
-        removed += delete_batch(&self.objects, "NET4_RULES", &net4)?;
-        let net6: Vec<Key<Net6Key>> = {
-            let net6: LpmTrie<&mut MapData, Net6Key, PortRules> =
-                map(&mut self.objects, "NET6_RULES")?;
-            net6.keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !active.contains(&u64::from_ne_bytes(k.data().slot)))
-                .collect()
-        };
-        removed += delete_batch(&self.objects, "NET6_RULES", &net6)?;
+        let objects = &mut self.objects;
+        let stale = |slot: &u64| !active.contains(slot);
+        let mut removed = sweep_hash::<ExecKey>(objects, "EXEC_RULES", |k| stale(&k.slot))?;
+        removed += sweep_hash::<ExecPlaceKey>(objects, "EXEC_PLACES", |k| stale(&k.slot))?;
+        removed += sweep_lpm::<Net4Key>(objects, "NET4_RULES", |k| {
+            stale(&u64::from_ne_bytes(k.slot))
+        })?;
+        removed += sweep_lpm::<Net6Key>(objects, "NET6_RULES", |k| {
+            stale(&u64::from_ne_bytes(k.slot))
+        })?;
         // Pins adopted from a daemon that predates unix enforcement have no such map.
-        if self.objects.map(unix::MAP).is_some() {
-            let unix: Vec<UnixKey> = {
-                let unix: HashMap<&mut MapData, UnixKey, Decision> =
-                    map(&mut self.objects, unix::MAP)?;
-                unix.keys()
-                    .filter_map(|k| k.ok())
-                    .filter(|k| !active.contains(&k.slot))
-                    .collect()
-            };
-            removed += delete_batch(&self.objects, unix::MAP, &unix)?;
+        if objects.map(unix::MAP).is_some() {
+            removed += sweep_hash::<UnixKey>(objects, unix::MAP, |k| stale(&k.slot))?;
         }
         // Every map has been swept: only the active slots can have entries now.
         self.slots.written.retain(|slot| active.contains(slot));
@@ -567,14 +491,53 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
+/// Writes the (key, decision) entries of hash map `name`, once the map is checked to hold
+/// exactly those types (the batch calls pass them as raw bytes). A refused entry is named as
+/// `what` and its key.
+fn write_hash<K: aya::Pod + std::fmt::Debug>(
+    objects: &mut Objects,
+    name: &str,
+    what: &str,
+    entries: &[(K, Decision)],
+) -> Result<()> {
+    map::<HashMap<&mut MapData, K, Decision>>(objects, name)?;
+    write_batch(
+        objects,
+        name,
+        entries,
+        |e| *e,
+        |(k, _)| format!("{what} {k:?}"),
+    )
+}
+
+/// Writes the (prefix length, address, port rules) entries of LPM trie `name`, each keyed by
+/// what `key` makes of its address after the slot's bits, once the map is checked to hold
+/// exactly those types. A refused entry is named as `what` and its prefix.
+fn write_lpm<A: Copy + std::fmt::Debug, K: aya::Pod>(
+    objects: &mut Objects,
+    name: &str,
+    what: &str,
+    entries: &[(u8, A, PortRules)],
+    key: impl Fn(A) -> K,
+) -> Result<()> {
+    map::<LpmTrie<&mut MapData, K, PortRules>>(objects, name)?;
+    let split = |(prefix, addr, rules): &(u8, A, PortRules)| {
+        let bits = NET_KEY_SLOT_BITS + u32::from(*prefix);
+        (Key::new(bits, key(*addr)), *rules)
+    };
+    write_batch(objects, name, entries, split, |(prefix, addr, _)| {
+        format!("{what} {addr:?}/{prefix}")
+    })
+}
+
 /// Writes the entry `split` makes of each item of `items` into map `name`, in batches; an
-/// entry the kernel refuses is named by `what`.
+/// entry the kernel refuses is named by `describe`.
 fn write_batch<E, K: aya::Pod, V: aya::Pod>(
     objects: &Objects,
     name: &str,
     items: &[E],
     split: impl Fn(&E) -> (K, V),
-    what: impl Fn(&K) -> String,
+    describe: impl Fn(&E) -> String,
 ) -> Result<()> {
     if items.is_empty() {
         return Ok(());
@@ -582,13 +545,42 @@ fn write_batch<E, K: aya::Pod, V: aya::Pod>(
     let fd = objects
         .map_fd(name)
         .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
-    batch::update(fd, items, &split).map_err(|refused| {
+    batch::update(fd, items, split).map_err(|refused| {
         let named = items
             .get(refused.index)
-            .map(|item| what(&split(item).0))
+            .map(&describe)
             .unwrap_or_else(|| format!("entry {} of {name}", refused.index));
         anyhow::Error::new(refused.error).context(format!("writing {named}"))
     })
+}
+
+/// Deletes the keys of hash map `name` (of (key, decision) entries) that `stale` picks;
+/// returns how many went.
+fn sweep_hash<K: aya::Pod>(
+    objects: &mut Objects,
+    name: &str,
+    stale: impl Fn(&K) -> bool,
+) -> Result<usize> {
+    let keys: Vec<K> = map::<HashMap<&mut MapData, K, Decision>>(objects, name)?
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| stale(k))
+        .collect();
+    delete_batch(objects, name, &keys)
+}
+
+/// Deletes the keys of LPM trie `name` whose data `stale` picks; returns how many went.
+fn sweep_lpm<K: aya::Pod>(
+    objects: &mut Objects,
+    name: &str,
+    stale: impl Fn(&K) -> bool,
+) -> Result<usize> {
+    let keys: Vec<Key<K>> = map::<LpmTrie<&mut MapData, K, PortRules>>(objects, name)?
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| stale(&k.data()))
+        .collect();
+    delete_batch(objects, name, &keys)
 }
 
 /// Deletes `keys` from map `name` in one batch; returns how many were there.
