@@ -119,8 +119,8 @@ impl Issuer {
             .zip(&ids)
             .map(|((index, _), id)| (*index, *id))
             .collect();
-        // Every permit of the batch has the same expiry, so one kernel (boot-clock) time.
-        let boot_expiry = boot_now_ns() + expires_at.saturating_sub(unix_now_ns());
+        // Every permit of the batch has the same expiry, so one kernel time.
+        let boot_expiry = kernel_expiry(expires_at);
         let stamp = |rule: u32| drafted.get(&rule).map(|id| (*id, boot_expiry));
         // The compiled reference carries the digest already: recomputing it would re-encode
         // the whole policy.
@@ -168,9 +168,8 @@ impl Issuer {
                 ..p.clone()
             })
             .collect();
-        let batch = self
-            .sign_and_store(now, fresh)
-            .context("renewing the permits")?;
+        let batch =
+            sign_and_store(&self.key, &self.store, now, fresh).context("renewing the permits")?;
         for (permit, entry) in self.permits.values_mut().zip(batch.entries) {
             *permit = entry.permit;
         }
@@ -181,10 +180,6 @@ impl Issuer {
         Ok(())
     }
 
-    fn sign_and_store(&self, now: u64, permits: Vec<Permit>) -> Result<PermitBatch> {
-        sign_and_store(&self.key, &self.store, now, permits)
-    }
-
     /// How many permits are live (one per rule with entries, host rules included).
     pub fn issued(&self) -> usize {
         self.permits.len()
@@ -193,9 +188,14 @@ impl Issuer {
     /// The permit id and kernel (`CLOCK_BOOTTIME`) expiry for a rule's entries.
     pub fn stamp(&self, rule: u32) -> Option<(u64, u64)> {
         let permit = self.permits.get(&rule)?;
-        let left = permit.expires_at.saturating_sub(unix_now_ns());
-        Some((permit.id, boot_now_ns() + left))
+        Some((permit.id, kernel_expiry(permit.expires_at)))
     }
+}
+
+/// `expires_at` (unix time, ns) on `CLOCK_BOOTTIME`, the clock the kernel checks expiries
+/// against.
+fn kernel_expiry(expires_at: u64) -> u64 {
+    boot_now_ns() + expires_at.saturating_sub(unix_now_ns())
 }
 
 /// Signs `permits` as one batch and stores it.

@@ -293,11 +293,6 @@ impl Engine {
         }
     }
 
-    /// The reference (name, version, digest) of the innermost policy.
-    pub fn policy_ref(&self) -> &PolicyRef {
-        &self.chain[self.chain.len() - 1].reference
-    }
-
     /// The quarantine in force, if the workload has been invalidated.
     pub fn quarantined(&self) -> Option<QuarantineAction> {
         self.quarantined.as_ref().map(|q| q.action)
