@@ -101,7 +101,6 @@ struct Confined {
     entries: KernelEntries,
     config: Workload,
     issuer: Issuer,
-    policy_digest: String,
     next_renewal: Instant,
     /// Counts the kernel's refusals towards the policy's quarantine threshold.
     engine: Engine,
@@ -491,6 +490,16 @@ fn new_slot() -> u64 {
 }
 
 impl Daemon {
+    /// The kernel entries of `prepared` under `slot` (exec files resolved now), with what this
+    /// kernel does not enforce of it.
+    fn entries_for(&self, prepared: &Prepared, slot: u64) -> Result<KernelEntries> {
+        let mut entries = entries::build(&prepared.engine, &prepared.compiled, slot)?;
+        entries
+            .not_enforced
+            .extend(self.enforcer.unix_warning(&prepared.compiled));
+        Ok(entries)
+    }
+
     /// Installs `prepared` for the workload at `path` under a new slot and points the workload
     /// at it. The caller collects the old slot afterwards.
     fn install(
@@ -501,11 +510,8 @@ impl Daemon {
     ) -> Result<(KernelEntries, Workload, Issuer)> {
         let slot = new_slot();
         let t = Instant::now();
-        let mut entries = entries::build(&prepared.engine, &prepared.compiled, slot)?;
+        let mut entries = self.entries_for(prepared, slot)?;
         tracing::debug!(ms = t.elapsed().as_millis(), "install: entries built");
-        entries
-            .not_enforced
-            .extend(self.enforcer.unix_warning(&prepared.compiled));
         for warning in &entries.not_enforced {
             warn!(cgroup = %path.display(), "{warning}");
         }
@@ -575,11 +581,17 @@ impl Daemon {
             mode: entry.mode,
             requested: false,
         };
-        self.confine_from(path, relative, source)
+        self.confine_from(path, relative, source, None)
     }
 
-    /// Confines `path` as a request says.
-    fn confine_requested(&mut self, path: &Path, request: &Requested) -> Result<()> {
+    /// Confines `path` as a request says, with its policy as `prepared` if the caller has
+    /// prepared it already.
+    fn confine_requested(
+        &mut self,
+        path: &Path,
+        request: &Requested,
+        prepared: Option<Prepared>,
+    ) -> Result<()> {
         let source = Source {
             glob: "(requested)".to_owned(),
             policy_name: request
@@ -591,10 +603,16 @@ impl Daemon {
             mode: request.mode,
             requested: true,
         };
-        self.confine_from(path, &request.cgroup, source)
+        self.confine_from(path, &request.cgroup, source, prepared)
     }
 
-    fn confine_from(&mut self, path: &Path, relative: &str, source: Source) -> Result<()> {
+    fn confine_from(
+        &mut self,
+        path: &Path,
+        relative: &str,
+        source: Source,
+        prepared: Option<Prepared>,
+    ) -> Result<()> {
         let id = std::fs::metadata(path)
             .with_context(|| format!("reading {}", path.display()))?
             .ino();
@@ -607,9 +625,12 @@ impl Daemon {
             );
         }
         let policy_file = source.policy_file;
-        let prepared = self
-            .policies
-            .prepare(&policy_file, source.mode, &self.invariants)?;
+        let prepared = match prepared {
+            Some(p) => p,
+            None => self
+                .policies
+                .prepare(&policy_file, source.mode, &self.invariants)?,
+        };
         let (entries, config, issuer) = self.install(path, id, &prepared)?;
         // Entries first, then the links: the programs find a complete workload from their
         // first run at this cgroup. A cgroup adopted from pins is attached already.
@@ -639,7 +660,6 @@ impl Daemon {
                 entries,
                 config,
                 issuer,
-                policy_digest: prepared.compiled.policy.digest.clone(),
                 compiled: prepared.compiled,
                 next_renewal: Instant::now() + renew,
                 engine: prepared.engine,
@@ -748,7 +768,7 @@ impl Daemon {
             };
             present.insert(meta.ino());
             if !self.workloads.contains_key(&meta.ino()) {
-                if let Err(err) = self.confine_requested(&path, &request) {
+                if let Err(err) = self.confine_requested(&path, &request, None) {
                     error!(cgroup = %path.display(), "cannot confine: {err:#}");
                 }
             }
@@ -871,40 +891,23 @@ impl Daemon {
             "reload: policies prepared"
         );
         for (id, name, file, mode, p) in prepared {
-            let Some(path) = self.workloads.get(&id).map(|w| w.path.clone()) else {
+            let Some(w) = self.workloads.get(&id) else {
                 continue;
             };
-            let unchanged = self.still_in_force(id, &p);
-            if let Some(w) = self.workloads.get_mut(&id) {
-                if w.quarantined.is_some() || unchanged {
-                    // A quarantine outlives reloads; lifting it installs the policy then
-                    // current. A workload whose policy and entries are what they were keeps
-                    // its slot, its permits and its engine's state.
-                    w.policy_file = file;
-                    w.mode = mode;
-                    if let Some(name) = name {
-                        w.policy_name = name;
-                    }
-                    continue;
-                }
+            // A quarantine outlives reloads (lifting it installs the policy then current), and a
+            // workload whose policy and entries are what they were keeps its slot, its permits
+            // and its engine's state.
+            if w.quarantined.is_none() && !self.still_in_force(id, &p) {
+                let path = w.path.clone();
+                self.switch_to(id, &path, p)?;
             }
-            let (entries, config, issuer) = self.install(&path, id, &p)?;
             if let Some(w) = self.workloads.get_mut(&id) {
-                w.policy_digest = p.compiled.policy.digest.clone();
-                w.compiled = p.compiled;
-                w.entries = entries;
-                w.config = config;
-                w.issuer = issuer;
-                w.engine = p.engine;
-                w.ask_engine = p.ask_engine;
                 w.policy_file = file;
                 w.mode = mode;
                 if let Some(name) = name {
                     w.policy_name = name;
                 }
             }
-            self.sync_ask(id);
-            self.sync_resolver(id);
         }
         tracing::debug!(ms = started.elapsed().as_millis(), "reload: installed");
         self.reconcile_workloads();
@@ -922,17 +925,10 @@ impl Daemon {
         let Some(w) = self.workloads.get(&id) else {
             return false;
         };
-        if !Arc::ptr_eq(&w.compiled, &prepared.compiled) {
-            return false;
-        }
-        let Ok(mut fresh) = entries::build(&prepared.engine, &prepared.compiled, w.config.slot)
-        else {
-            return false;
-        };
-        fresh
-            .not_enforced
-            .extend(self.enforcer.unix_warning(&prepared.compiled));
-        fresh.decide_as(&w.entries)
+        Arc::ptr_eq(&w.compiled, &prepared.compiled)
+            && self
+                .entries_for(prepared, w.config.slot)
+                .is_ok_and(|fresh| fresh.decide_as(&w.entries))
     }
 
     /// Renews the permits of workloads whose renewal is due, and re-resolves their files.
@@ -1206,8 +1202,9 @@ impl Daemon {
         } else {
             self.config.policy_path(policy)
         };
-        // Check the policy before anything changes.
-        self.policies
+        // Check the policy before anything changes; what is installed is what was checked.
+        let prepared = self
+            .policies
             .prepare(&policy_file, mode, &self.invariants)?;
         if let Some(w) = self.workloads.get(&id) {
             if !w.requested {
@@ -1245,9 +1242,9 @@ impl Daemon {
             // reload does, with no moment unconfined.
             w.policy_file = request.policy.clone();
             w.mode = request.mode;
-            self.reinstall(id)?;
+            self.switch_to(id, &path, prepared)?;
         } else {
-            self.confine_requested(&path, &request)?;
+            self.confine_requested(&path, &request, Some(prepared))?;
         }
         self.collect();
         self.notify_status();
@@ -1260,7 +1257,7 @@ impl Daemon {
             "cgroup": path.display().to_string(),
             "cgroup_id": id,
             "policy": w.policy_file.display().to_string(),
-            "digest": w.policy_digest,
+            "digest": w.compiled.policy.digest,
             "mode": if w.config.flags & WORKLOAD_OBSERVE != 0 { "observe" } else { "enforce" },
         }))
     }
@@ -1293,9 +1290,14 @@ impl Daemon {
             None => bail!("workload {id} is gone"),
         };
         let p = self.policies.prepare(&file, mode, &self.invariants)?;
-        let (entries, config, issuer) = self.install(&path, id, &p)?;
+        self.switch_to(id, &path, p)
+    }
+
+    /// Installs `p` for workload `id` (at `path`) under a new slot and makes it the
+    /// workload's policy: its engines, entries and permits; the ask and the resolver follow.
+    fn switch_to(&mut self, id: u64, path: &Path, p: Prepared) -> Result<()> {
+        let (entries, config, issuer) = self.install(path, id, &p)?;
         if let Some(w) = self.workloads.get_mut(&id) {
-            w.policy_digest = p.compiled.policy.digest.clone();
             w.compiled = p.compiled;
             w.entries = entries;
             w.config = config;
@@ -1429,7 +1431,7 @@ impl Daemon {
                     "matched": w.glob,
                     "requested": w.requested,
                     "policy": w.policy_name,
-                    "digest": w.policy_digest,
+                    "digest": w.compiled.policy.digest,
                     "mode": if w.config.flags & WORKLOAD_OBSERVE != 0 { "observe" } else { "enforce" },
                     "slot": format!("{:016x}", w.config.slot),
                     "exec_entries": w.entries.exec.len(),
