@@ -256,6 +256,17 @@ impl Drop for Setup {
     }
 }
 
+/// The status of an exec the pinned programs refuse while no daemon runs, on exec tier `tier`:
+/// the fanotify tier's group dies with the daemon, and the pinned kill-on-exec backstop refuses
+/// instead.
+fn refused_by_pins(tier: &str) -> i32 {
+    if tier == "lsm" {
+        EPERM_IN_SHELL
+    } else {
+        KILLED
+    }
+}
+
 fn wait_no_programs() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !loaded_bridle_programs().is_empty() && Instant::now() < deadline {
@@ -293,14 +304,12 @@ fn enforcement_survives_a_killed_daemon_and_a_restart_adopts_it() {
     );
 
     s.signal(libc::SIGKILL);
-    // No daemon: the pinned programs still hold the workload. The fanotify tier's group died
-    // with the daemon; the pinned kill-on-exec backstop refuses instead.
-    let dead = if tier == "lsm" {
-        EPERM_IN_SHELL
-    } else {
-        KILLED
-    };
-    assert_eq!(s.in_workload("w1", &touch), dead, "tier {tier}");
+    // No daemon: the pinned programs still hold the workload.
+    assert_eq!(
+        s.in_workload("w1", &touch),
+        refused_by_pins(&tier),
+        "tier {tier}"
+    );
     assert!(
         !marker.exists(),
         "a refused exec ran while the daemon was down"
@@ -424,6 +433,52 @@ fn in_cgroup(cgroup: &std::path::Path, script: &str) -> i32 {
         cgroup.display()
     ));
     finish(cmd, DEADLINE).code
+}
+
+/// Pins left by a bridle whose programs read other maps (before IPv4 and IPv6 shared one
+/// address trie) are not adopted: entries written for this bridle would never reach those
+/// programs. The daemon refuses to start, naming the pin directory and `bridle unload`, and the
+/// pinned programs go on enforcing.
+#[test]
+fn pins_of_an_earlier_layout_are_refused_by_name_and_keep_enforcing() {
+    require_root();
+    let _k = kernel_lock();
+    let mut s = Setup::new("layout");
+    fs::create_dir_all(s.group.join("w1")).expect("w1");
+    s.start();
+    s.wait_workloads(1);
+    let tier = s.exec_tier();
+    let marker = s.dir.path().join("marker");
+    let touch = format!("/usr/bin/touch {}", marker.display());
+    assert_eq!(s.in_workload("w1", &touch), s.refused(), "tier {tier}");
+    s.signal(libc::SIGKILL);
+    // The earlier layout: the address trie pinned as NET4_RULES, no NET_RULES.
+    let maps = s.pin_dir.join("maps");
+    fs::rename(maps.join("NET_RULES"), maps.join("NET4_RULES")).expect("rename the pin");
+
+    let mut cmd = Command::new(bridle_bin());
+    cmd.arg("daemon")
+        .arg("--config")
+        .arg(s.dir.path().join("bridle.toml"))
+        .arg("--pin-dir")
+        .arg(&s.pin_dir)
+        .arg("--socket")
+        .arg(s.socket());
+    let refused = finish(cmd, DEADLINE);
+    assert_ne!(refused.code, 0, "the daemon started on foreign pins");
+    let unload = format!("bridle unload --pin-dir {}", s.pin_dir.display());
+    assert!(
+        refused.stderr.contains("come from an earlier bridle") && refused.stderr.contains(&unload),
+        "{}",
+        refused.stderr
+    );
+    // Nothing was detached: the pinned programs still refuse.
+    assert_eq!(
+        s.in_workload("w1", &touch),
+        refused_by_pins(&tier),
+        "tier {tier}"
+    );
+    assert!(!marker.exists(), "a refused exec ran");
 }
 
 #[test]
@@ -2104,8 +2159,7 @@ fn reloads_leave_only_the_current_policys_entries() {
         expected >= 80,
         "40 IPv4 and 40 IPv6 addresses: {expected} entries"
     );
-    let stored =
-        |s: &Setup| map_entries(&s.pin_dir, "NET4_RULES") + map_entries(&s.pin_dir, "NET6_RULES");
+    let stored = |s: &Setup| map_entries(&s.pin_dir, "NET_RULES");
     assert_eq!(stored(&s), expected, "{}", s.log());
     // The signed permit batches in the state directory.
     let permits = |s: &Setup| -> std::collections::BTreeSet<String> {

@@ -28,10 +28,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SockAddrContext},
 };
 use bridle_common::{
-    code, Decision, Event, EventHead, ExecKey, ExecPlace, ExecPlaceKey, Net4Key, Net6Key,
-    PortRules, Workload, COMM_LEN, EFFECT_NONE, EFFECT_PERMIT, EFFECT_REFUSE, EVENT_CONNECT4,
-    EVENT_CONNECT6, EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED, MAX_CGROUP_DEPTH, PORT_RULES,
-    STAT_COUNT, STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
+    code, Decision, Event, EventHead, ExecKey, ExecPlace, ExecPlaceKey, NetKey, PortRules,
+    Workload, COMM_LEN, EFFECT_NONE, EFFECT_PERMIT, EFFECT_REFUSE, EVENT_CONNECT4, EVENT_CONNECT6,
+    EVENT_EXEC, EVENT_KILLED, EVENT_OBSERVED, MAX_CGROUP_DEPTH, PORT_RULES, STAT_COUNT,
+    STAT_EVENTS_LOST, STAT_JUDGED, STAT_REFUSED, WORKLOAD_ANON_EXEC, WORKLOAD_OBSERVE,
 };
 
 const SIGKILL: u32 = 9;
@@ -54,13 +54,10 @@ static EXEC_RULES: HashMap<ExecKey, Decision> =
 static EXEC_PLACES: HashMap<ExecPlaceKey, Decision> =
     HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
-/// IPv4 connect decisions by (policy slot, address prefix).
+/// Connect decisions by (policy slot, address prefix), IPv4 addresses in their IPv4-mapped
+/// form (see [`NetKey`]).
 #[map]
-static NET4_RULES: LpmTrie<Net4Key, PortRules> = LpmTrie::with_max_entries(1 << 18, 0);
-
-/// IPv6 connect decisions by (policy slot, address prefix); IPv4-mapped addresses included.
-#[map]
-static NET6_RULES: LpmTrie<Net6Key, PortRules> = LpmTrie::with_max_entries(1 << 18, 0);
+static NET_RULES: LpmTrie<NetKey, PortRules> = LpmTrie::with_max_entries(1 << 18, 0);
 
 /// Decisions for user space. Permits are queued without a wakeup; refusals wake the reader.
 #[map]

@@ -8,14 +8,11 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use bridle_common::{
-    Decision, Net4Key, Net6Key, EVENT_OBSERVED, EVENT_RAW_SOCKET, EVENT_SENDMSG4, EVENT_SENDMSG6,
+    Decision, NetKey, EVENT_OBSERVED, EVENT_RAW_SOCKET, EVENT_SENDMSG4, EVENT_SENDMSG6,
     NET_KEY_SLOT_BITS, STAT_JUDGED, STAT_REFUSED,
 };
 
-use crate::{
-    count, emit, finish_connect, judge, port_decision, NET4_RULES, NET6_RULES, SOCK_ALLOW,
-    SOCK_DENY,
-};
+use crate::{count, emit, finish_connect, judge, port_decision, NET_RULES, SOCK_ALLOW, SOCK_DENY};
 
 /// `AF_PACKET`: link-layer sockets, which see and forge whole frames.
 const AF_PACKET: u32 = 17;
@@ -33,29 +30,36 @@ pub(crate) fn inet4(ctx: &SockAddrContext, kind: u8) -> i32 {
     // SAFETY: the context is the kernel's bpf_sock_addr; user_ip4 and user_port are readable
     // in connect4 and sendmsg4 programs.
     let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
-    let ip = ip.to_ne_bytes();
     let port = u16::from_be(port as u16);
+    // Both arrays built as one 128-bit value each: a zero-filled array would cost a
+    // byte-by-byte memset call (see the note on zeros in main.rs). `mapped` is the trie's key
+    // (`::ffff:a.b.c.d`, see NetKey); `addr` the events' form, the address in the first four
+    // bytes.
+    #[cfg(target_endian = "little")]
+    let (mapped, addr) = (
+        ((u128::from(ip) << 96) | (0xffff << 80)).to_le_bytes(),
+        u128::from(ip).to_le_bytes(),
+    );
+    #[cfg(target_endian = "big")]
+    let (mapped, addr) = (
+        ((0xffff << 32) | u128::from(ip)).to_be_bytes(),
+        (u128::from(ip) << 96).to_be_bytes(),
+    );
     let j = judge(|slot, w, now| {
         let key = Key::new(
-            NET_KEY_SLOT_BITS + 32,
-            Net4Key {
+            NET_KEY_SLOT_BITS + 128,
+            NetKey {
                 slot: slot.to_ne_bytes(),
-                addr: ip,
+                addr: mapped,
             },
         );
-        port_decision(NET4_RULES.get(&key), port, w.connect_default, now)
+        port_decision(NET_RULES.get(&key), port, w.connect_default, now)
     });
-    // The IPv4 address in the first four bytes, built as one 128-bit value: a zero-filled
-    // array would cost a byte-by-byte memset call (see the note on zeros in main.rs).
-    #[cfg(target_endian = "little")]
-    let addr = u128::from(u32::from_ne_bytes(ip)).to_le_bytes();
-    #[cfg(target_endian = "big")]
-    let addr = (u128::from(u32::from_ne_bytes(ip)) << 96).to_be_bytes();
     finish_connect(j, kind, port, addr)
 }
 
-/// Judges an IPv6 destination; IPv4-mapped destinations meet the IPv4 rules the engine mapped
-/// into the IPv6 map.
+/// Judges an IPv6 destination; an IPv4-mapped one meets the IPv4 entries, which the trie holds
+/// in that form.
 #[inline(always)]
 pub(crate) fn inet6(ctx: &SockAddrContext, kind: u8) -> i32 {
     if crate::dns::redirect6(ctx) {
@@ -71,12 +75,12 @@ pub(crate) fn inet6(ctx: &SockAddrContext, kind: u8) -> i32 {
     let j = judge(|slot, w, now| {
         let key = Key::new(
             NET_KEY_SLOT_BITS + 128,
-            Net6Key {
+            NetKey {
                 slot: slot.to_ne_bytes(),
                 addr,
             },
         );
-        port_decision(NET6_RULES.get(&key), port, w.connect_default, now)
+        port_decision(NET_RULES.get(&key), port, w.connect_default, now)
     });
     finish_connect(j, kind, port, addr)
 }

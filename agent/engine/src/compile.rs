@@ -115,12 +115,11 @@ pub struct Compiled {
     pub rules: Vec<CompiledRule>,
     /// Exec patterns, sorted by rule id.
     pub exec: Vec<ExecEntry>,
-    /// IPv4 prefixes, flattened, sorted by (prefix length, address).
-    pub net4: Vec<NetEntry<Ipv4Addr>>,
-    /// IPv6 prefixes, flattened; IPv4 entries also appear as `::ffff:a.b.c.d/(96+len)`, and
-    /// `::ffff:0:0/96` is always present so a mapped address never falls through to a shorter
-    /// native IPv6 prefix.
-    pub net6: Vec<NetEntry<Ipv6Addr>>,
+    /// Address prefixes, flattened, sorted by (prefix length, address), as the kernel's one
+    /// address trie holds them: IPv6 prefixes as they are, IPv4 ones in their IPv4-mapped form
+    /// `::ffff:a.b.c.d/(96+len)`, and `::ffff:0:0/96` always present so an IPv4 address never
+    /// falls through to a shorter native IPv6 prefix (`::/0`).
+    pub net: Vec<NetEntry<Ipv6Addr>>,
     /// Host-name patterns, sorted by rule id.
     pub hosts: Vec<HostEntry>,
     /// Unix sockets, one entry per address (the deciding rule's: the lowest id, so a refusal
@@ -253,29 +252,28 @@ pub(crate) fn compile_referenced(
     let mut seen = std::collections::HashSet::new();
     unix.retain(|u: &UnixEntry| seen.insert(u.path.clone()));
 
-    let net4 = flatten(&v4, |a: Ipv4Addr, len| {
-        Ipv4Addr::from(mask4(u32::from(a), len))
-    });
-    let mut net6 = flatten(&v6, |a: Ipv6Addr, len| {
+    let mut net = flatten(&v6, |a: Ipv6Addr, len| {
         Ipv6Addr::from(mask6(u128::from(a), len))
     });
     let mut mapped_root = false;
-    for e in &net4 {
+    for e in flatten(&v4, |a: Ipv4Addr, len| {
+        Ipv4Addr::from(mask4(u32::from(a), len))
+    }) {
         mapped_root |= e.prefix_len == 0;
-        net6.push(NetEntry {
+        net.push(NetEntry {
             addr: e.addr.to_ipv6_mapped(),
             prefix_len: 96 + e.prefix_len,
-            ports: e.ports.clone(),
+            ports: e.ports,
         });
     }
     if !mapped_root {
-        net6.push(NetEntry {
+        net.push(NetEntry {
             addr: Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
             prefix_len: 96,
             ports: Vec::new(),
         });
     }
-    net6.sort_by_key(|a| (a.prefix_len, a.addr));
+    net.sort_by_key(|a| (a.prefix_len, a.addr));
 
     Compiled {
         policy: reference,
@@ -285,8 +283,7 @@ pub(crate) fn compile_referenced(
         permit_ttl: policy.permit_ttl,
         rules: rules.into_iter().map(|(_, c)| c).collect(),
         exec,
-        net4,
-        net6,
+        net,
         hosts,
         unix,
         raw,

@@ -7,10 +7,10 @@
 //! address, else a refusal for a non-canonical path spelling, else the default.
 
 use crate::compile::{Compiled, NetEntry, RuleId};
-use crate::connect::{mask4, mask6, Target};
+use crate::connect::{mask6, Target};
 use crate::engine::Object;
 use crate::verdict::{Code, Effect};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
 /// The answer of the kernel model: effect, code and deciding rule.
@@ -56,8 +56,9 @@ impl Compiled {
             Object::Connect(target) => match target.clone().normalized() {
                 Target::Addr(sa) => {
                     let rule = match sa.ip() {
-                        IpAddr::V4(ip) => lpm4(&self.net4, ip, sa.port()),
-                        IpAddr::V6(ip) => lpm6(&self.net6, ip, sa.port()),
+                        // One trie, IPv4 addresses in their mapped form.
+                        IpAddr::V4(ip) => lpm(&self.net, ip.to_ipv6_mapped(), sa.port()),
+                        IpAddr::V6(ip) => lpm(&self.net, ip, sa.port()),
                     };
                     (rule, false)
                 }
@@ -123,15 +124,7 @@ fn scan<A>(entry: Option<&NetEntry<A>>, port: u16) -> Option<RuleId> {
         .map(|p| p.rule)
 }
 
-fn lpm4(entries: &[NetEntry<Ipv4Addr>], ip: Ipv4Addr, port: u16) -> Option<RuleId> {
-    let best = entries
-        .iter()
-        .filter(|e| mask4(u32::from(ip), e.prefix_len) == u32::from(e.addr))
-        .max_by_key(|e| e.prefix_len);
-    scan(best, port)
-}
-
-fn lpm6(entries: &[NetEntry<Ipv6Addr>], ip: Ipv6Addr, port: u16) -> Option<RuleId> {
+fn lpm(entries: &[NetEntry<Ipv6Addr>], ip: Ipv6Addr, port: u16) -> Option<RuleId> {
     let best = entries
         .iter()
         .filter(|e| mask6(u128::from(ip), e.prefix_len) == u128::from(e.addr))

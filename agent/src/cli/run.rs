@@ -495,7 +495,7 @@ fn start_resolver(
         workload,
         // One workload, one policy: its cgroup id is its slot (see confine_and_wait).
         view: dns::View::new(compiled, workload, observe, |rule| issuer.stamp(rule)),
-        maps: [map("NET4_RULES")?, map("NET6_RULES")?, map("DNS_REDIRECT")?],
+        maps: [map(crate::kernel::NET_RULES)?, map("DNS_REDIRECT")?],
         reports,
     })
     .context("starting the workload's DNS resolver")

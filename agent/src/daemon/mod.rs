@@ -1435,7 +1435,7 @@ impl Daemon {
                     "mode": if w.config.flags & WORKLOAD_OBSERVE != 0 { "observe" } else { "enforce" },
                     "slot": format!("{:016x}", w.config.slot),
                     "exec_entries": w.entries.exec.len(),
-                    "address_entries": w.entries.net4.len() + w.entries.net6.len(),
+                    "address_entries": w.entries.net.len(),
                     "permits": w.issuer.issued(),
                     "quarantined": w.quarantined.map(QuarantineAction::as_str),
                     "resolver": self.resolver_status(*id),

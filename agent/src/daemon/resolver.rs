@@ -155,7 +155,7 @@ impl Daemon {
                 settings,
                 workload: id,
                 view,
-                maps: [map("NET4_RULES")?, map("NET6_RULES")?, map("DNS_REDIRECT")?],
+                maps: [map(crate::kernel::NET_RULES)?, map("DNS_REDIRECT")?],
                 reports: self.resolvers.reports_tx.clone(),
             })
         })();

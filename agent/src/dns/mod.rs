@@ -132,8 +132,8 @@ pub struct DnsConfig {
     pub workload: u64,
     /// The policy the names are judged by.
     pub view: View,
-    /// The NET4_RULES, NET6_RULES and DNS_REDIRECT maps.
-    pub maps: [BpfMap; 3],
+    /// The NET_RULES and DNS_REDIRECT maps.
+    pub maps: [BpfMap; 2],
     /// Where decisions go (the reporter and the audit trail).
     pub reports: mpsc::Sender<DnsReport>,
 }
@@ -350,7 +350,7 @@ pub struct DnsStats {
     pub observed: u64,
     /// SERVFAIL answers (upstream silent or unreachable, an entry not written).
     pub failed: u64,
-    /// Addresses with live DNS entries (an IPv4 answer counts twice: its mapped form too).
+    /// Addresses with live DNS entries.
     pub addresses: usize,
 }
 
@@ -380,13 +380,9 @@ impl Resolver {
     /// Binds the resolver on loopback, starts its threads and points the workload's DNS
     /// traffic at it. The redirect is in the kernel when this returns.
     pub fn start(config: DnsConfig) -> Result<Resolver> {
-        let [net4, net6, redirect_map] = config.maps;
+        let [net, redirect_map] = config.maps;
         let (sockets, redirect) = bind()?;
-        let permits = Arc::new(Permits::new(
-            config.view.slot,
-            Arc::new(net4),
-            Arc::new(net6),
-        ));
+        let permits = Arc::new(Permits::new(config.view.slot, Arc::new(net)));
         let shared = Arc::new(Shared {
             workload: config.workload,
             binding: RwLock::new(Arc::new(Binding::new(

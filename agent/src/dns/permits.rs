@@ -1,7 +1,7 @@
 //! The kernel entries the resolver installs for answered addresses.
 //!
-//! An answered address gets a full-length entry (/32, /128; an IPv4 answer also its
-//! IPv4-mapped /128, which IPv6 sockets are judged by) under the workload's slot. The engine
+//! An answered address gets a full-length entry under the workload's slot (an IPv4 one in its
+//! IPv4-mapped form, as the address trie keys IPv4 for both socket families). The engine
 //! flattens every shorter prefix into each longer one and the kernel takes the longest match
 //! alone, so the entry must carry what the policy already said about the address: the table
 //! keeps that *base* (the longest match before the resolver wrote anything) and writes
@@ -16,12 +16,10 @@
 
 use crate::{fanotify::bpfmap::BpfMap, issuer::boot_now_ns};
 use anyhow::{Context, Result};
-use bridle_common::{
-    Net4Key, Net6Key, PortRule, PortRules, EFFECT_PERMIT, NET_KEY_SLOT_BITS, PORT_RULES,
-};
+use bridle_common::{NetKey, PortRule, PortRules, EFFECT_PERMIT, NET_KEY_SLOT_BITS, PORT_RULES};
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
 
@@ -33,11 +31,18 @@ struct LpmKey<K> {
     data: K,
 }
 
-/// One kernel key: an IPv4 or IPv6 address under the slot, full length.
+/// One kernel key: an address under the slot, full length, an IPv4 one mapped (so an answer
+/// `1.2.3.4` and an answer `::ffff:1.2.3.4` are one entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Addr {
-    V4([u8; 4]),
-    V6([u8; 16]),
+struct Addr(Ipv6Addr);
+
+impl Addr {
+    fn of(ip: IpAddr) -> Addr {
+        Addr(match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        })
+    }
 }
 
 /// One DNS port rule and the end of the answer it came from.
@@ -63,25 +68,23 @@ struct Held {
 /// The resolver's entries in the kernel, for one workload slot.
 pub struct Permits {
     slot: u64,
-    net4: Arc<BpfMap>,
-    net6: Arc<BpfMap>,
+    net: Arc<BpfMap>,
     held: Mutex<HashMap<Addr, Held>>,
 }
 
 impl Permits {
-    /// A table writing under `slot` into the NET4_RULES and NET6_RULES maps.
-    pub fn new(slot: u64, net4: Arc<BpfMap>, net6: Arc<BpfMap>) -> Permits {
+    /// A table writing under `slot` into the address trie `net` (NET_RULES).
+    pub fn new(slot: u64, net: Arc<BpfMap>) -> Permits {
         Permits {
             slot,
-            net4,
-            net6,
+            net,
             held: Mutex::new(HashMap::new()),
         }
     }
 
     /// An empty table for another slot of the same workload, on the same maps.
     pub fn for_slot(&self, slot: u64) -> Permits {
-        Permits::new(slot, Arc::clone(&self.net4), Arc::clone(&self.net6))
+        Permits::new(slot, Arc::clone(&self.net))
     }
 
     /// The slot this table writes under.
@@ -89,7 +92,7 @@ impl Permits {
         self.slot
     }
 
-    /// How many addresses (IPv4-mapped forms counted apart) have DNS entries.
+    /// How many addresses have DNS entries.
     pub fn addresses(&self) -> usize {
         self.lock().len()
     }
@@ -100,7 +103,7 @@ impl Permits {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Installs `grants` for `ip` (and its IPv4-mapped form), answered for `name` until
+    /// Installs `grants` for `ip`, answered for `name` until
     /// `ends_ns`, merging with what is there. Each grant's `expires_ns` must already be the
     /// earlier of `ends_ns` and its permit's expiry. The kernel has them when this returns.
     /// Returns how many grants did not fit.
@@ -113,27 +116,24 @@ impl Permits {
     ) -> Result<usize> {
         let mut held = self.lock();
         let now = boot_now_ns();
-        let mut dropped = 0;
-        for addr in keys(ip) {
-            let h = match held.get_mut(&addr) {
-                Some(h) => h,
-                None => {
-                    let base = self.lookup(addr).context("reading the address's entry")?;
-                    held.entry(addr).or_insert(Held {
-                        base,
-                        grants: Vec::new(),
-                        names: HashMap::new(),
-                    })
-                }
-            };
-            h.grants.retain(|g| g.rule.decision.expires_ns > now);
-            merge(&mut h.grants, grants, ends_ns);
-            let end = h.names.entry(name.to_owned()).or_insert(ends_ns);
-            *end = (*end).max(ends_ns);
-            let (rules, over) = compose(h);
-            dropped = dropped.max(over);
-            self.write(addr, &rules)?;
-        }
+        let addr = Addr::of(ip);
+        let h = match held.get_mut(&addr) {
+            Some(h) => h,
+            None => {
+                let base = self.lookup(addr).context("reading the address's entry")?;
+                held.entry(addr).or_insert(Held {
+                    base,
+                    grants: Vec::new(),
+                    names: HashMap::new(),
+                })
+            }
+        };
+        h.grants.retain(|g| g.rule.decision.expires_ns > now);
+        merge(&mut h.grants, grants, ends_ns);
+        let end = h.names.entry(name.to_owned()).or_insert(ends_ns);
+        *end = (*end).max(ends_ns);
+        let (rules, dropped) = compose(h);
+        self.write(addr, &rules)?;
         Ok(dropped)
     }
 
@@ -238,61 +238,30 @@ impl Permits {
     }
 
     fn lookup(&self, addr: Addr) -> std::io::Result<Option<PortRules>> {
-        match addr {
-            Addr::V4(a) => self.net4.lookup(&self.key4(a)),
-            Addr::V6(a) => self.net6.lookup(&self.key6(a)),
-        }
+        self.net.lookup(&self.key(addr))
     }
 
     fn write(&self, addr: Addr, rules: &PortRules) -> Result<()> {
         let flags = crate::fanotify::bpfmap::BPF_ANY;
-        match addr {
-            Addr::V4(a) => self.net4.update(&self.key4(a), rules, flags),
-            Addr::V6(a) => self.net6.update(&self.key6(a), rules, flags),
-        }
-        .with_context(|| format!("writing the DNS entry for {addr:?}"))
+        self.net
+            .update(&self.key(addr), rules, flags)
+            .with_context(|| format!("writing the DNS entry for {}", addr.0))
     }
 
     fn delete(&self, addr: Addr) -> Result<()> {
-        match addr {
-            Addr::V4(a) => self.net4.delete(&self.key4(a)),
-            Addr::V6(a) => self.net6.delete(&self.key6(a)),
-        }
-        .with_context(|| format!("removing the DNS entry for {addr:?}"))
+        self.net
+            .delete(&self.key(addr))
+            .with_context(|| format!("removing the DNS entry for {}", addr.0))
     }
 
-    fn key4(&self, addr: [u8; 4]) -> LpmKey<Net4Key> {
-        LpmKey {
-            prefix_len: NET_KEY_SLOT_BITS + 32,
-            data: Net4Key {
-                slot: self.slot.to_ne_bytes(),
-                addr,
-            },
-        }
-    }
-
-    fn key6(&self, addr: [u8; 16]) -> LpmKey<Net6Key> {
+    fn key(&self, addr: Addr) -> LpmKey<NetKey> {
         LpmKey {
             prefix_len: NET_KEY_SLOT_BITS + 128,
-            data: Net6Key {
+            data: NetKey {
                 slot: self.slot.to_ne_bytes(),
-                addr,
+                addr: addr.0.octets(),
             },
         }
-    }
-}
-
-fn keys(ip: IpAddr) -> Vec<Addr> {
-    match ip {
-        IpAddr::V4(v4) => vec![
-            Addr::V4(v4.octets()),
-            Addr::V6(v4.to_ipv6_mapped().octets()),
-        ],
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            // A mapped answer is an IPv4 address in disguise: judge it as one.
-            Some(v4) => vec![Addr::V4(v4.octets()), Addr::V6(v6.octets())],
-            None => vec![Addr::V6(v6.octets())],
-        },
     }
 }
 
@@ -419,11 +388,13 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_answers_cover_the_mapped_form() {
-        let k = keys("1.2.3.4".parse().expect("ip"));
-        assert_eq!(k.len(), 2);
-        let k = keys("::ffff:1.2.3.4".parse().expect("ip"));
-        assert_eq!(k[0], Addr::V4([1, 2, 3, 4]));
-        assert_eq!(keys("::1".parse().expect("ip")).len(), 1);
+    fn an_ipv4_answer_and_its_mapped_form_are_one_entry() {
+        let v4 = Addr::of("1.2.3.4".parse().expect("ip"));
+        assert_eq!(v4, Addr::of("::ffff:1.2.3.4".parse().expect("ip")));
+        assert_eq!(
+            v4.0.octets(),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4]
+        );
+        assert_eq!(Addr::of("::1".parse().expect("ip")).0, Ipv6Addr::LOCALHOST);
     }
 }

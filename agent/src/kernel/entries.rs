@@ -23,6 +23,7 @@ use bridle_engine::{
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs,
+    net::Ipv6Addr,
     os::unix::{
         ffi::OsStrExt,
         fs::{MetadataExt, PermissionsExt},
@@ -41,10 +42,9 @@ pub struct KernelEntries {
     /// Exec decisions by place (directory and name): the path rules, for whatever file is
     /// there when the exec happens.
     pub places: Vec<(ExecPlaceKey, Decision)>,
-    /// IPv4 entries: (prefix length, address, port rules).
-    pub net4: Vec<(u8, [u8; 4], PortRules)>,
-    /// IPv6 entries: (prefix length, address, port rules).
-    pub net6: Vec<(u8, [u8; 16], PortRules)>,
+    /// Address entries: (prefix length, address, port rules), IPv4 ones in their IPv4-mapped
+    /// form, as the kernel's one address trie keys them (see `bridle_common::NetKey`).
+    pub net: Vec<(u8, [u8; 16], PortRules)>,
     /// Unix-socket decisions by exact address (the slot is in the key).
     pub unix: Vec<(UnixKey, Decision)>,
     /// Resolved exec files by identity, to name them in events.
@@ -58,12 +58,10 @@ impl KernelEntries {
     pub fn rules(&self) -> std::collections::BTreeSet<u32> {
         let exec = self.exec.iter().map(|(_, d)| d.rule);
         let places = self.places.iter().map(|(_, d)| d.rule);
-        let net4 = self.net4.iter().flat_map(|(_, _, p)| used(p));
-        let net6 = self.net6.iter().flat_map(|(_, _, p)| used(p));
+        let net = self.net.iter().flat_map(|(_, _, p)| used(p));
         let unix = self.unix.iter().map(|(_, d)| d.rule);
         exec.chain(places)
-            .chain(net4)
-            .chain(net6)
+            .chain(net)
             .chain(unix)
             .filter(|r| *r != u32::MAX)
             .collect()
@@ -80,9 +78,7 @@ impl KernelEntries {
         self.exec.iter_mut().for_each(|(_, d)| apply(d));
         self.places.iter_mut().for_each(|(_, d)| apply(d));
         self.unix.iter_mut().for_each(|(_, d)| apply(d));
-        let net4 = self.net4.iter_mut().map(|(_, _, p)| p);
-        let net6 = self.net6.iter_mut().map(|(_, _, p)| p);
-        for ports in net4.chain(net6) {
+        for (_, _, ports) in &mut self.net {
             let len = ports.len as usize;
             ports.rules[..len]
                 .iter_mut()
@@ -97,8 +93,7 @@ impl KernelEntries {
         same_keyed(&self.exec, &other.exec)
             && same_keyed(&self.places, &other.places)
             && same_keyed(&self.unix, &other.unix)
-            && same_nets(&self.net4, &other.net4)
-            && same_nets(&self.net6, &other.net6)
+            && same_nets(&self.net, &other.net)
             && self.exec_paths == other.exec_paths
             && self.not_enforced == other.not_enforced
     }
@@ -181,8 +176,7 @@ fn rule_index(compiled: &Compiled, name: Option<&str>) -> u32 {
 pub fn build(engine: &Engine, compiled: &Compiled, slot: u64) -> Result<KernelEntries> {
     let mut out = KernelEntries::default();
     build_exec(engine, compiled, slot, &mut out)?;
-    out.net4 = net_entries(compiled, &compiled.net4, |a| a.octets())?;
-    out.net6 = net_entries(compiled, &compiled.net6, |a| a.octets())?;
+    out.net = net_entries(compiled, &compiled.net)?;
     // Host rules have no entries here: the workload's resolver installs the addresses of
     // the names it answers (see crate::dns).
     out.unix = unix_entries(compiled, slot, &directory_links());
@@ -310,25 +304,40 @@ pub fn directory_links() -> Vec<(PathBuf, PathBuf)> {
 }
 
 /// One family's address entries, each with its port rules.
-fn net_entries<A: std::fmt::Display + Copy, const N: usize>(
+fn net_entries(
     compiled: &Compiled,
-    entries: &[NetEntry<A>],
-    octets: impl Fn(A) -> [u8; N],
-) -> Result<Vec<(u8, [u8; N], PortRules)>> {
+    entries: &[NetEntry<Ipv6Addr>],
+) -> Result<Vec<(u8, [u8; 16], PortRules)>> {
     entries
         .iter()
         .map(|e| {
-            let what = format!("{}/{}", e.addr, e.prefix_len);
-            let rules = port_rules(compiled, &e.ports, &what)?;
-            Ok((e.prefix_len, octets(e.addr), rules))
+            let what = || prefix_text(e.prefix_len, e.addr.octets());
+            let rules = port_rules(compiled, &e.ports, what)?;
+            Ok((e.prefix_len, e.addr.octets(), rules))
         })
         .collect()
 }
 
-fn port_rules(compiled: &Compiled, ports: &[PortEntry], what: &str) -> Result<PortRules> {
+/// An address entry's prefix as the policy wrote it: `a.b.c.d/n` for an IPv4 one (held
+/// mapped), `x::y/n` for an IPv6 one.
+pub fn prefix_text(prefix_len: u8, addr: [u8; 16]) -> String {
+    let addr = Ipv6Addr::from(addr);
+    match addr.to_ipv4_mapped() {
+        Some(v4) if prefix_len >= 96 => format!("{v4}/{}", prefix_len - 96),
+        _ => format!("{addr}/{prefix_len}"),
+    }
+}
+
+/// The port rules of one address entry; `what` names the entry in an error.
+fn port_rules(
+    compiled: &Compiled,
+    ports: &[PortEntry],
+    what: impl Fn() -> String,
+) -> Result<PortRules> {
     if ports.len() > PORT_RULES {
         bail!(
-            "{what} carries {} port ranges; the kernel holds at most {PORT_RULES} per address prefix",
+            "{} carries {} port ranges; the kernel holds at most {PORT_RULES} per address prefix",
+            what(),
             ports.len()
         );
     }
@@ -540,6 +549,10 @@ mod tests {
         dir
     }
 
+    fn mapped(v4: [u8; 4]) -> [u8; 16] {
+        std::net::Ipv4Addr::from(v4).to_ipv6_mapped().octets()
+    }
+
     #[test]
     fn entries_decide_alike_whatever_their_order_and_permits() {
         let decision = |rule: u32, effect: u8| Decision {
@@ -562,7 +575,10 @@ mod tests {
                 (key(1), decision(0, EFFECT_PERMIT)),
                 (key(2), decision(2, 0)),
             ],
-            net4: vec![(32, [10, 0, 0, 1], ports), (24, [10, 0, 1, 0], ports)],
+            net: vec![
+                (128, mapped([10, 0, 0, 1]), ports),
+                (120, mapped([10, 0, 1, 0]), ports),
+            ],
             ..KernelEntries::default()
         };
         let mut b = KernelEntries {
@@ -570,7 +586,10 @@ mod tests {
                 (key(2), decision(2, 0)),
                 (key(1), decision(0, EFFECT_PERMIT)),
             ],
-            net4: vec![(24, [10, 0, 1, 0], ports), (32, [10, 0, 0, 1], ports)],
+            net: vec![
+                (120, mapped([10, 0, 1, 0]), ports),
+                (128, mapped([10, 0, 0, 1]), ports),
+            ],
             ..KernelEntries::default()
         };
         b.stamp(|rule| Some((u64::from(rule) + 100, 12345)));
@@ -580,7 +599,7 @@ mod tests {
         refused.exec[1].1.effect = 0;
         assert!(!a.decide_as(&refused), "a decision changed");
         let mut moved = b.clone();
-        moved.net4[0].0 = 25;
+        moved.net[0].0 = 121;
         assert!(!a.decide_as(&moved), "a prefix changed");
         let mut fewer = b;
         fewer.exec.pop();

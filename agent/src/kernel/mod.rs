@@ -25,8 +25,8 @@ use aya::{
     Ebpf,
 };
 use bridle_common::{
-    Decision, ExecKey, ExecPlaceKey, Net4Key, Net6Key, PortRules, UnixKey, Workload,
-    NET_KEY_SLOT_BITS, STAT_COUNT,
+    Decision, ExecKey, ExecPlaceKey, NetKey, PortRules, UnixKey, Workload, NET_KEY_SLOT_BITS,
+    STAT_COUNT,
 };
 use std::{
     collections::BTreeMap,
@@ -44,12 +44,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/br
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
 /// Every map of the object, by name.
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 11] = [
     "WORKLOADS",
     "EXEC_RULES",
     "EXEC_PLACES",
-    "NET4_RULES",
-    "NET6_RULES",
+    NET_RULES,
     "EVENTS",
     "STATS",
     "TASKS",
@@ -58,6 +57,9 @@ pub const MAP_NAMES: [&str; 12] = [
     unix::MAP,
     TALLIES,
 ];
+
+/// The address trie, IPv4 and IPv6 (see `bridle_common::NetKey`).
+pub const NET_RULES: &str = "NET_RULES";
 
 /// The array of tally maps (see [`tally`]).
 pub const TALLIES: &str = "TALLIES";
@@ -291,18 +293,7 @@ impl Enforcer {
         let objects = &mut self.objects;
         write_hash(objects, "EXEC_RULES", "exec entry", &entries.exec)?;
         write_hash(objects, "EXEC_PLACES", "exec place entry", &entries.places)?;
-        write_lpm(objects, "NET4_RULES", "IPv4 entry", &entries.net4, |addr| {
-            Net4Key {
-                slot: slot.to_ne_bytes(),
-                addr,
-            }
-        })?;
-        write_lpm(objects, "NET6_RULES", "IPv6 entry", &entries.net6, |addr| {
-            Net6Key {
-                slot: slot.to_ne_bytes(),
-                addr,
-            }
-        })?;
+        write_net(objects, slot, &entries.net)?;
         // Pins adopted from a bridle that predates unix enforcement have no such map; the
         // unix rules are then reported as not enforced (Enforcer::unix_warning).
         if !entries.unix.is_empty() && objects.map(unix::MAP).is_some() {
@@ -332,12 +323,7 @@ impl Enforcer {
         let stale = |slot: &u64| !active.contains(slot);
         let mut removed = sweep_hash::<ExecKey>(objects, "EXEC_RULES", |k| stale(&k.slot))?;
         removed += sweep_hash::<ExecPlaceKey>(objects, "EXEC_PLACES", |k| stale(&k.slot))?;
-        removed += sweep_lpm::<Net4Key>(objects, "NET4_RULES", |k| {
-            stale(&u64::from_ne_bytes(k.slot))
-        })?;
-        removed += sweep_lpm::<Net6Key>(objects, "NET6_RULES", |k| {
-            stale(&u64::from_ne_bytes(k.slot))
-        })?;
+        removed += sweep_lpm::<NetKey>(objects, NET_RULES, |k| stale(&u64::from_ne_bytes(k.slot)))?;
         // Pins adopted from a daemon that predates unix enforcement have no such map.
         if objects.map(unix::MAP).is_some() {
             removed += sweep_hash::<UnixKey>(objects, unix::MAP, |k| stale(&k.slot))?;
@@ -510,23 +496,26 @@ fn write_hash<K: aya::Pod + std::fmt::Debug>(
     )
 }
 
-/// Writes the (prefix length, address, port rules) entries of LPM trie `name`, each keyed by
-/// what `key` makes of its address after the slot's bits, once the map is checked to hold
-/// exactly those types. A refused entry is named as `what` and its prefix.
-fn write_lpm<A: Copy + std::fmt::Debug, K: aya::Pod>(
+/// Writes the address entries of policy slot `slot` into the address trie, once the map is
+/// checked to hold exactly those types. A refused entry is named by its prefix.
+fn write_net(
     objects: &mut Objects,
-    name: &str,
-    what: &str,
-    entries: &[(u8, A, PortRules)],
-    key: impl Fn(A) -> K,
+    slot: u64,
+    entries: &[(u8, [u8; 16], PortRules)],
 ) -> Result<()> {
-    map::<LpmTrie<&mut MapData, K, PortRules>>(objects, name)?;
-    let split = |(prefix, addr, rules): &(u8, A, PortRules)| {
-        let bits = NET_KEY_SLOT_BITS + u32::from(*prefix);
-        (Key::new(bits, key(*addr)), *rules)
+    map::<LpmTrie<&mut MapData, NetKey, PortRules>>(objects, NET_RULES)?;
+    let split = |(prefix, addr, rules): &(u8, [u8; 16], PortRules)| {
+        let key = NetKey {
+            slot: slot.to_ne_bytes(),
+            addr: *addr,
+        };
+        (
+            Key::new(NET_KEY_SLOT_BITS + u32::from(*prefix), key),
+            *rules,
+        )
     };
-    write_batch(objects, name, entries, split, |(prefix, addr, _)| {
-        format!("{what} {addr:?}/{prefix}")
+    write_batch(objects, NET_RULES, entries, split, |(prefix, addr, _)| {
+        format!("address entry {}", entries::prefix_text(*prefix, *addr))
     })
 }
 

@@ -20,7 +20,7 @@ use super::{
     program,
     tier::{ExecTier, TierLink, LSM_PROGRAM, TASK_TRACKERS},
     unix::{self, UnixState},
-    CgroupLink, Enforcer, Objects, MAP_NAMES, OBJECT, TALLIES,
+    CgroupLink, Enforcer, Objects, MAP_NAMES, NET_RULES, OBJECT, TALLIES,
 };
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -142,6 +142,19 @@ impl Enforcer {
     pub fn adopt(dir: &Path) -> Result<Option<Enforcer>> {
         if !dir.join("links").join("exec_guard").exists() {
             return Ok(None);
+        }
+        if !dir.join("maps").join(NET_RULES).exists() {
+            // An earlier bridle's programs judge addresses by other maps (NET4_RULES and
+            // NET6_RULES): entries written here would never reach them, and every connect
+            // would meet stale entries, then the default. Driving them is not an option.
+            bail!(
+                "the programs pinned under {dir} come from an earlier bridle that judges \
+                 addresses by other maps (no maps/{NET_RULES}); this bridle cannot drive them. \
+                 They keep enforcing the policy they had until its permits lapse. Run \
+                 `bridle unload --pin-dir {dir}` (the workloads are then unconfined until the \
+                 daemon is ready), then start the daemon again",
+                dir = dir.display()
+            );
         }
         let mut maps = BTreeMap::new();
         for name in MAP_NAMES {

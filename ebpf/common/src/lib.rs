@@ -178,24 +178,18 @@ pub struct ExecPlaceKey {
     pub place: ExecPlace,
 }
 
-/// The data part of an IPv4 LPM-trie key: the policy slot, then the address, both matched
+/// The data part of an address LPM-trie key: the policy slot, then the address, both matched
 /// bit by bit, so the prefix length of an entry is `64 + cidr_len`.
+///
+/// IPv4 and IPv6 share the trie: an IPv4 address is keyed by its IPv4-mapped form
+/// (`::ffff:a.b.c.d`, prefix length `64 + 96 + cidr_len`), so a connect to `a.b.c.d` and one
+/// through a dual-stack socket to `::ffff:a.b.c.d` meet the same entry, written once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Net4Key {
+pub struct NetKey {
     /// The policy slot, native byte order (always fully matched).
     pub slot: [u8; 8],
-    /// The address in network byte order.
-    pub addr: [u8; 4],
-}
-
-/// The data part of an IPv6 LPM-trie key (see [`Net4Key`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Net6Key {
-    /// The policy slot, native byte order (always fully matched).
-    pub slot: [u8; 8],
-    /// The address in network byte order.
+    /// The address in network byte order (IPv4 addresses mapped).
     pub addr: [u8; 16],
 }
 
@@ -536,8 +530,7 @@ mod user {
     unsafe impl aya::Pod for Decision {}
     unsafe impl aya::Pod for ExecKey {}
     unsafe impl aya::Pod for ExecPlaceKey {}
-    unsafe impl aya::Pod for Net4Key {}
-    unsafe impl aya::Pod for Net6Key {}
+    unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for PortRules {}
     unsafe impl aya::Pod for DnsRedirect {}
@@ -558,8 +551,7 @@ mod tests {
         assert_eq!(size_of::<Decision>(), 24);
         assert_eq!(size_of::<ExecKey>(), 24);
         assert_eq!(size_of::<ExecPlaceKey>(), 32 + PLACE_NAME_LEN);
-        assert_eq!(size_of::<Net4Key>(), 12);
-        assert_eq!(size_of::<Net6Key>(), 24);
+        assert_eq!(size_of::<NetKey>(), 24);
         assert_eq!(size_of::<PortRule>(), 32);
         assert_eq!(size_of::<PortRules>(), 8 + 32 * PORT_RULES);
         assert_eq!(size_of::<EventHead>(), 104);

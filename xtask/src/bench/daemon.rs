@@ -19,8 +19,8 @@ const SIZES: [usize; 2] = [10, 10_000];
 /// Longest a start or a reload may take before the run fails.
 const PATIENCE: Duration = Duration::from_secs(300);
 
-/// A policy of `n` rules, each permitting one address (so each is one signed permit and two
-/// kernel entries: the address and its IPv4-mapped IPv6 form).
+/// A policy of `n` rules, each permitting one address (so each is one signed permit and one
+/// entry in the kernel's address trie).
 fn policy(n: usize) -> String {
     let mut text = format!("name = \"bench-daemon-{n}\"\ndefault = \"refuse\"\n");
     for i in 0..n {
@@ -239,8 +239,7 @@ pub fn run(bin: &Path, scratch: &Path, rounds: usize, report: &mut Report) -> Re
          compares the entries). One rule changed: the file is parsed, indexed and compiled, \
          every permit signed and stored while every entry is written under a new slot, the \
          workload switched to it; the old slot's entries are removed after the answer. Each \
-         rule permits one address: one signed permit and two kernel entries (the address and \
-         its IPv4-mapped IPv6 form) per rule.",
+         rule permits one address: one signed permit and one address-trie entry per rule.",
     );
     Ok(())
 }
