@@ -155,6 +155,19 @@ struct Daemon {
     policies: PreparedPolicies,
     /// Slots were left that the main loop collects once it has answered.
     collect_due: bool,
+    /// What workloads held before a switch, freed once the main loop has answered (a
+    /// 10,000-rule policy's engine, entries and permits take milliseconds to free).
+    retired: Vec<Retired>,
+}
+
+/// A workload's policy state, replaced by a switch and not yet freed.
+#[allow(dead_code)] // Held only to be dropped later.
+struct Retired {
+    compiled: Arc<Compiled>,
+    entries: KernelEntries,
+    issuer: Issuer,
+    engine: Engine,
+    ask_engine: Arc<Engine>,
 }
 
 /// Longest an exec of a workload waits for the engine on the fanotify tier before the fail
@@ -284,6 +297,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         resolvers: resolver::Resolvers::new(),
         policies: PreparedPolicies::default(),
         collect_due: false,
+        retired: Vec::new(),
     };
     crate::os::on_stop_signals(on_signal)?;
     let (requests_tx, requests) =
@@ -291,6 +305,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     let server = control::Server::start(&args.socket, requests_tx, daemon.followers.clone())?;
     tracing::debug!(ms = started_at.elapsed().as_millis(), "ready to confine");
     daemon.reconcile();
+    crate::os::release_free_memory();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     daemon.notify_status();
     info!(
@@ -371,6 +386,10 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         }
         if daemon.collect_due {
             daemon.collect();
+        }
+        if !daemon.retired.is_empty() {
+            daemon.retired.clear();
+            crate::os::release_free_memory();
         }
         let now = Instant::now();
         // A new cgroup is looked at as soon as the kernel says it exists.
@@ -1298,12 +1317,14 @@ impl Daemon {
     fn switch_to(&mut self, id: u64, path: &Path, p: Prepared) -> Result<()> {
         let (entries, config, issuer) = self.install(path, id, &p)?;
         if let Some(w) = self.workloads.get_mut(&id) {
-            w.compiled = p.compiled;
-            w.entries = entries;
             w.config = config;
-            w.issuer = issuer;
-            w.engine = p.engine;
-            w.ask_engine = p.ask_engine;
+            self.retired.push(Retired {
+                compiled: std::mem::replace(&mut w.compiled, p.compiled),
+                entries: std::mem::replace(&mut w.entries, entries),
+                issuer: std::mem::replace(&mut w.issuer, issuer),
+                engine: std::mem::replace(&mut w.engine, p.engine),
+                ask_engine: std::mem::replace(&mut w.ask_engine, p.ask_engine),
+            });
         }
         self.sync_ask(id);
         self.sync_resolver(id);
