@@ -1,7 +1,8 @@
 //! From TOML text to a validated [`Policy`], collecting every problem with its position.
 //!
-//! The TOML layer (`toml_edit`) keeps spans; this module walks its tree by hand so that each
-//! problem is reported where it is, and so that one problem never hides the next.
+//! The TOML layer (`toml`'s spanned document tree, `DeTable`) keeps spans; this module walks
+//! its tree by hand so that each problem is reported where it is, and so that one problem never
+//! hides the next.
 
 use crate::connect::ConnectObject;
 use crate::diagnostic::{PolicyError, Reporter};
@@ -14,9 +15,12 @@ use crate::verdict::Effect;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
-use toml_edit::{ImDocument, Item, TableLike};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 type Span = Option<Range<usize>>;
+/// A value with its position.
+type Item<'i> = Spanned<DeValue<'i>>;
 
 const POLICY_KEYS: &[&str] = &[
     "name",
@@ -32,15 +36,11 @@ const RULE_KEYS: &[&str] = &["name", "effect", "exec", "connect", "rate_limit"];
 
 pub(crate) fn parse_policy(source: &str, origin: &str) -> Result<Policy, PolicyError> {
     let mut r = Reporter::new(source, origin);
-    let doc = match ImDocument::parse(source) {
+    let doc = match DeTable::parse(source) {
         Ok(doc) => doc,
-        Err(e) => {
-            r.error(e.span(), toml_message(e.message()));
-            r.finish()?;
-            return Err(PolicyError::whole_file(origin, "invalid TOML"));
-        }
+        Err(e) => return Err(toml_error(r, &e, origin)),
     };
-    let root = doc.as_table();
+    let root = doc.get_ref();
     unknown_keys(&mut r, root, POLICY_KEYS, "policy");
 
     let name = match root.get("name") {
@@ -50,19 +50,17 @@ pub(crate) fn parse_policy(source: &str, origin: &str) -> Result<Policy, PolicyE
             None
         }
     };
-    let version = root
-        .get("version")
-        .and_then(|item| match item.as_integer() {
-            Some(v) if v >= 0 => Some(v as u64),
-            Some(_) => {
-                r.error(item.span(), "`version` must be a non-negative integer");
-                None
-            }
-            None => {
-                wrong_type(&mut r, item, "version", "an integer");
-                None
-            }
-        });
+    let version = root.get("version").and_then(|item| match integer(item) {
+        Some(v) if v >= 0 => Some(v as u64),
+        Some(_) => {
+            r.error(span(item), "`version` must be a non-negative integer");
+            None
+        }
+        None => {
+            wrong_type(&mut r, item, "version", "an integer");
+            None
+        }
+    });
     let mode = root
         .get("mode")
         .and_then(|item| {
@@ -72,7 +70,7 @@ pub(crate) fn parse_policy(source: &str, origin: &str) -> Result<Policy, PolicyE
                 "observe" => Some(Mode::Observe),
                 _ => {
                     r.error(
-                        item.span(),
+                        span(item),
                         format!("bad mode \"{s}\": expected \"enforce\" or \"observe\""),
                     );
                     None
@@ -90,7 +88,7 @@ pub(crate) fn parse_policy(source: &str, origin: &str) -> Result<Policy, PolicyE
         .unwrap_or(Policy::DEFAULT_PERMIT_TTL);
     let allow_anonymous_exec = root
         .get("allow_anonymous_exec")
-        .and_then(|item| match item.as_bool() {
+        .and_then(|item| match item.get_ref().as_bool() {
             Some(b) => Some(b),
             None => {
                 wrong_type(&mut r, item, "allow_anonymous_exec", "a boolean");
@@ -128,15 +126,11 @@ pub(crate) fn parse_policy(source: &str, origin: &str) -> Result<Policy, PolicyE
 
 pub(crate) fn parse_invariants(source: &str, origin: &str) -> Result<Invariants, PolicyError> {
     let mut r = Reporter::new(source, origin);
-    let doc = match ImDocument::parse(source) {
+    let doc = match DeTable::parse(source) {
         Ok(doc) => doc,
-        Err(e) => {
-            r.error(e.span(), toml_message(e.message()));
-            r.finish()?;
-            return Err(PolicyError::whole_file(origin, "invalid TOML"));
-        }
+        Err(e) => return Err(toml_error(r, &e, origin)),
     };
-    let root = doc.as_table();
+    let root = doc.get_ref();
     unknown_keys(&mut r, root, &["rule"], "invariants");
     let rules = match root.get("rule") {
         Some(item) => rules(&mut r, item, RuleKind::Invariant),
@@ -144,6 +138,30 @@ pub(crate) fn parse_invariants(source: &str, origin: &str) -> Result<Invariants,
     };
     r.finish()?;
     Ok(Invariants { rules })
+}
+
+/// The document's first TOML error, at its position.
+fn toml_error(mut r: Reporter, e: &toml::de::Error, origin: &str) -> PolicyError {
+    r.error(e.span(), toml_message(e.message()));
+    match r.finish() {
+        Err(reported) => reported,
+        Ok(()) => PolicyError::whole_file(origin, "invalid TOML"),
+    }
+}
+
+/// Where `key` is written in `table`, if it is.
+fn key_span(table: &DeTable, key: &str) -> Span {
+    table.get_key_value(key).map(|(k, _)| k.span())
+}
+
+fn span(item: &Item) -> Span {
+    Some(item.span())
+}
+
+/// An integer value, if it is one that fits an `i64`.
+fn integer(item: &Item) -> Option<i64> {
+    let i = item.get_ref().as_integer()?;
+    i64::from_str_radix(i.as_str(), i.radix()).ok()
 }
 
 fn toml_message(message: &str) -> String {
@@ -157,10 +175,11 @@ enum RuleKind {
     Invariant,
 }
 
-fn unknown_keys(r: &mut Reporter, table: &dyn TableLike, known: &[&str], what: &str) {
+fn unknown_keys(r: &mut Reporter, table: &DeTable, known: &[&str], what: &str) {
     for (key, _) in table.iter() {
+        let span = Some(key.span());
+        let key: &str = key.get_ref();
         if !known.contains(&key) {
-            let span = table.key(key).and_then(|k| k.span());
             r.error(
                 span,
                 format!(
@@ -174,10 +193,10 @@ fn unknown_keys(r: &mut Reporter, table: &dyn TableLike, known: &[&str], what: &
 
 fn wrong_type(r: &mut Reporter, item: &Item, key: &str, expected: &str) {
     r.error(
-        item.span(),
+        span(item),
         format!(
             "`{key}` must be {expected}, found {}",
-            article(item.type_name())
+            article(item.get_ref().type_str())
         ),
     );
 }
@@ -189,8 +208,8 @@ fn article(type_name: &str) -> String {
     }
 }
 
-fn string<'i>(r: &mut Reporter, item: &'i Item, key: &str) -> Option<&'i str> {
-    let s = item.as_str();
+fn string<'a>(r: &mut Reporter, item: &'a Item, key: &str) -> Option<&'a str> {
+    let s = item.get_ref().as_str();
     if s.is_none() {
         wrong_type(r, item, key, "a string");
     }
@@ -200,7 +219,7 @@ fn string<'i>(r: &mut Reporter, item: &'i Item, key: &str) -> Option<&'i str> {
 fn valid_name<'i>(r: &mut Reporter, item: &Item, name: &'i str) -> Option<&'i str> {
     if name.is_empty() {
         r.error(
-            item.span(),
+            span(item),
             "empty name: a name needs at least one character of [a-z0-9._-]",
         );
         return None;
@@ -210,7 +229,7 @@ fn valid_name<'i>(r: &mut Reporter, item: &Item, name: &'i str) -> Option<&'i st
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
         r.error(
-            item.span(),
+            span(item),
             format!("bad name \"{name}\": character {bad:?} is not allowed (use [a-z0-9._-])"),
         );
         return None;
@@ -224,7 +243,7 @@ fn effect(r: &mut Reporter, item: &Item, key: &str) -> Option<Effect> {
         "refuse" => Some(Effect::Refuse),
         other => {
             r.error(
-                item.span(),
+                span(item),
                 format!("bad {key} \"{other}\": expected \"permit\" or \"refuse\""),
             );
             None
@@ -237,18 +256,18 @@ fn duration(r: &mut Reporter, item: &Item, key: &str) -> Option<Duration> {
     match parse_duration(s) {
         Ok(d) => Some(d),
         Err(e) => {
-            r.error(item.span(), format!("`{key}`: {e}"));
+            r.error(span(item), format!("`{key}`: {e}"));
             None
         }
     }
 }
 
 fn positive_u32(r: &mut Reporter, item: &Item, key: &str) -> Option<u32> {
-    match item.as_integer() {
+    match integer(item) {
         Some(n) if n >= 1 && n <= i64::from(u32::MAX) => Some(n as u32),
         Some(n) => {
             r.error(
-                item.span(),
+                span(item),
                 format!("`{key}` must be between 1 and {}, found {n}", u32::MAX),
             );
             None
@@ -261,64 +280,58 @@ fn positive_u32(r: &mut Reporter, item: &Item, key: &str) -> Option<u32> {
 }
 
 /// The tables of `rule`, whether written `[[rule]]` or `rule = [{...}]`.
-fn tables<'i>(r: &mut Reporter, item: &'i Item, key: &str) -> Vec<(&'i dyn TableLike, Span)> {
-    if let Some(aot) = item.as_array_of_tables() {
-        return aot
-            .iter()
-            .map(|t| (t as &dyn TableLike, t.span()))
-            .collect();
-    }
-    if let Some(array) = item.as_array() {
-        let mut out = Vec::new();
-        for v in array.iter() {
-            match v.as_inline_table() {
-                Some(t) => out.push((t as &dyn TableLike, v.span())),
-                None => r.error(
-                    v.span(),
-                    format!(
-                        "each `{key}` must be a table, found {}",
-                        article(v.type_name())
-                    ),
+fn tables<'a, 'i>(r: &mut Reporter, item: &'a Item<'i>, key: &str) -> Vec<(&'a DeTable<'i>, Span)> {
+    let Some(array) = item.get_ref().as_array() else {
+        wrong_type(r, item, key, "an array of tables ([[rule]])");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for v in array.iter() {
+        match v.get_ref().as_table() {
+            Some(t) => out.push((t, span(v))),
+            None => r.error(
+                span(v),
+                format!(
+                    "each `{key}` must be a table, found {}",
+                    article(v.get_ref().type_str())
                 ),
-            }
+            ),
         }
-        return out;
     }
-    wrong_type(r, item, key, "an array of tables ([[rule]])");
-    Vec::new()
+    out
 }
 
 fn rules(r: &mut Reporter, item: &Item, kind: RuleKind) -> Vec<Rule> {
     let mut out = Vec::new();
     let mut seen: HashMap<String, Span> = HashMap::new();
-    for (table, span) in tables(r, item, "rule") {
+    for (table, at) in tables(r, item, "rule") {
         let name_item = table.get("name");
         if let Some(name_item) = name_item {
-            if let Some(name) = name_item.as_str() {
+            if let Some(name) = name_item.get_ref().as_str() {
                 if let Some(first) = seen.get(name) {
                     let line = r.line_of(first.clone());
                     r.error(
-                        name_item.span(),
+                        span(name_item),
                         format!("duplicate rule name \"{name}\" (first defined on line {line})"),
                     );
                 } else {
-                    seen.insert(name.to_string(), name_item.span());
+                    seen.insert(name.to_string(), span(name_item));
                 }
             }
         }
-        if let Some(rule) = rule(r, table, span, kind) {
+        if let Some(rule) = rule(r, table, at, kind) {
             out.push(rule);
         }
     }
     out
 }
 
-fn rule(r: &mut Reporter, table: &dyn TableLike, span: Span, kind: RuleKind) -> Option<Rule> {
+fn rule(r: &mut Reporter, table: &DeTable, at: Span, kind: RuleKind) -> Option<Rule> {
     unknown_keys(r, table, RULE_KEYS, "rule");
     let name = match table.get("name") {
         Some(item) => string(r, item, "name").and_then(|n| valid_name(r, item, n)),
         None => {
-            r.error(span.clone(), "rule without `name`");
+            r.error(at.clone(), "rule without `name`");
             None
         }
     };
@@ -331,7 +344,7 @@ fn rule(r: &mut Reporter, table: &dyn TableLike, span: Span, kind: RuleKind) -> 
             Some(Effect::Refuse) => Some(Effect::Refuse),
             Some(_) => {
                 r.error(
-                    item.span(),
+                    span(item),
                     format!("{label}: invariants can only refuse (effect = \"refuse\")"),
                 );
                 None
@@ -341,7 +354,7 @@ fn rule(r: &mut Reporter, table: &dyn TableLike, span: Span, kind: RuleKind) -> 
         (None, RuleKind::Invariant) => Some(Effect::Refuse),
         (None, RuleKind::Policy) => {
             r.error(
-                span.clone(),
+                at.clone(),
                 format!("{label} without `effect` (\"permit\" or \"refuse\")"),
             );
             None
@@ -350,17 +363,14 @@ fn rule(r: &mut Reporter, table: &dyn TableLike, span: Span, kind: RuleKind) -> 
     let matcher = match (table.get("exec"), table.get("connect")) {
         (Some(_), Some(connect)) => {
             r.error(
-                table
-                    .key("connect")
-                    .and_then(|k| k.span())
-                    .or(connect.span()),
+                key_span(table, "connect").or(span(connect)),
                 format!("{label} has both `exec` and `connect`; split it into two rules"),
             );
             None
         }
         (None, None) => {
             r.error(
-                span.clone(),
+                at.clone(),
                 format!("{label} has neither `exec` nor `connect`"),
             );
             None
@@ -376,10 +386,7 @@ fn rule(r: &mut Reporter, table: &dyn TableLike, span: Span, kind: RuleKind) -> 
             let limit = rate_limit(r, item);
             if effect == Some(Effect::Refuse) {
                 r.error(
-                    table
-                        .key("rate_limit")
-                        .and_then(|k| k.span())
-                        .or(item.span()),
+                    key_span(table, "rate_limit").or(span(item)),
                     format!("{label}: `rate_limit` is only allowed on permit rules"),
                 );
             }
@@ -400,13 +407,13 @@ fn patterns<T>(
     key: &str,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Option<Vec<T>> {
-    let Some(array) = item.as_array() else {
+    let Some(array) = item.get_ref().as_array() else {
         wrong_type(r, item, key, "an array of strings");
         return None;
     };
     if array.is_empty() {
         r.error(
-            item.span(),
+            span(item),
             format!("`{key}` is empty: list at least one pattern"),
         );
         return None;
@@ -414,20 +421,20 @@ fn patterns<T>(
     let mut out = Vec::with_capacity(array.len());
     let mut ok = true;
     for v in array.iter() {
-        match v.as_str() {
+        match v.get_ref().as_str() {
             Some(s) => match parse(s) {
                 Ok(p) => out.push(p),
                 Err(e) => {
-                    r.error(v.span(), e);
+                    r.error(span(v), e);
                     ok = false;
                 }
             },
             None => {
                 r.error(
-                    v.span(),
+                    span(v),
                     format!(
                         "`{key}` entries must be strings, found {}",
-                        article(v.type_name())
+                        article(v.get_ref().type_str())
                     ),
                 );
                 ok = false;
@@ -438,7 +445,7 @@ fn patterns<T>(
 }
 
 fn rate_limit(r: &mut Reporter, item: &Item) -> Option<RateLimit> {
-    let Some(table) = item.as_table_like() else {
+    let Some(table) = item.get_ref().as_table() else {
         wrong_type(
             r,
             item,
@@ -451,14 +458,14 @@ fn rate_limit(r: &mut Reporter, item: &Item) -> Option<RateLimit> {
     let max = match table.get("max") {
         Some(i) => positive_u32(r, i, "max"),
         None => {
-            r.error(item.span(), "`rate_limit` without `max`");
+            r.error(span(item), "`rate_limit` without `max`");
             None
         }
     };
     let per = match table.get("per") {
         Some(i) => duration(r, i, "per"),
         None => {
-            r.error(item.span(), "`rate_limit` without `per`");
+            r.error(span(item), "`rate_limit` without `per`");
             None
         }
     };
@@ -469,7 +476,7 @@ fn rate_limit(r: &mut Reporter, item: &Item) -> Option<RateLimit> {
 }
 
 fn quarantine(r: &mut Reporter, item: &Item) -> Option<Quarantine> {
-    let Some(table) = item.as_table_like() else {
+    let Some(table) = item.get_ref().as_table() else {
         wrong_type(r, item, "quarantine", "a table");
         return None;
     };
@@ -482,14 +489,14 @@ fn quarantine(r: &mut Reporter, item: &Item) -> Option<Quarantine> {
     let after_refusals = match table.get("after_refusals") {
         Some(i) => positive_u32(r, i, "after_refusals"),
         None => {
-            r.error(item.span(), "`[quarantine]` without `after_refusals`");
+            r.error(span(item), "`[quarantine]` without `after_refusals`");
             None
         }
     };
     let within = match table.get("within") {
         Some(i) => duration(r, i, "within"),
         None => {
-            r.error(item.span(), "`[quarantine]` without `within`");
+            r.error(span(item), "`[quarantine]` without `within`");
             None
         }
     };
@@ -500,7 +507,7 @@ fn quarantine(r: &mut Reporter, item: &Item) -> Option<Quarantine> {
             "refuse-all" => Some(QuarantineAction::RefuseAll),
             other => {
                 r.error(
-                    i.span(),
+                    span(i),
                     format!(
                         "bad action \"{other}\": expected \"freeze\", \"kill\" or \"refuse-all\""
                     ),
@@ -509,7 +516,7 @@ fn quarantine(r: &mut Reporter, item: &Item) -> Option<Quarantine> {
             }
         },
         None => {
-            r.error(item.span(), "`[quarantine]` without `action`");
+            r.error(span(item), "`[quarantine]` without `action`");
             None
         }
     };
