@@ -235,6 +235,9 @@ impl Enforcer {
             }
         }
         self.exec_tier = tier;
+        // Every program that needs the kernel's BTF is loaded now; parsed, it is several
+        // megabytes the daemon would otherwise keep for its whole life.
+        self.btf = None;
         Ok(())
     }
 
