@@ -34,6 +34,9 @@ use std::{
 /// How many directory entries one policy's exec patterns may make bridle visit.
 const WALK_LIMIT: usize = 500_000;
 
+/// One address entry: prefix length (of the 128-bit address), address, port rules.
+pub type NetEntryRow = (u8, [u8; 16], PortRules);
+
 /// Everything one workload needs in the kernel.
 #[derive(Debug, Default, Clone)]
 pub struct KernelEntries {
@@ -42,9 +45,9 @@ pub struct KernelEntries {
     /// Exec decisions by place (directory and name): the path rules, for whatever file is
     /// there when the exec happens.
     pub places: Vec<(ExecPlaceKey, Decision)>,
-    /// Address entries: (prefix length, address, port rules), IPv4 ones in their IPv4-mapped
-    /// form, as the kernel's one address trie keys them (see `bridle_common::NetKey`).
-    pub net: Vec<(u8, [u8; 16], PortRules)>,
+    /// Address entries, IPv4 ones in their IPv4-mapped form, as the kernel's one address
+    /// trie keys them (see `bridle_common::NetKey`).
+    pub net: Vec<NetEntryRow>,
     /// Unix-socket decisions by exact address (the slot is in the key).
     pub unix: Vec<(UnixKey, Decision)>,
     /// Resolved exec files by identity, to name them in events.
@@ -121,14 +124,14 @@ fn same_keyed<K: std::hash::Hash + Eq>(a: &[(K, Decision)], b: &[(K, Decision)])
 }
 
 /// `list` in (prefix length, address) order.
-fn sorted_nets<A: Ord>(list: &[(u8, A, PortRules)]) -> Vec<&(u8, A, PortRules)> {
-    let mut refs: Vec<&(u8, A, PortRules)> = list.iter().collect();
+fn sorted_nets(list: &[NetEntryRow]) -> Vec<&NetEntryRow> {
+    let mut refs: Vec<&NetEntryRow> = list.iter().collect();
     refs.sort_by(|x, y| (x.0, &x.1).cmp(&(y.0, &y.1)));
     refs
 }
 
 /// The same prefixes with the same port rules, in any order.
-fn same_nets<A: Ord>(a: &[(u8, A, PortRules)], b: &[(u8, A, PortRules)]) -> bool {
+fn same_nets(a: &[NetEntryRow], b: &[NetEntryRow]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -304,10 +307,7 @@ pub fn directory_links() -> Vec<(PathBuf, PathBuf)> {
 }
 
 /// One family's address entries, each with its port rules.
-fn net_entries(
-    compiled: &Compiled,
-    entries: &[NetEntry<Ipv6Addr>],
-) -> Result<Vec<(u8, [u8; 16], PortRules)>> {
+fn net_entries(compiled: &Compiled, entries: &[NetEntry<Ipv6Addr>]) -> Result<Vec<NetEntryRow>> {
     entries
         .iter()
         .map(|e| {

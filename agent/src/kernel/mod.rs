@@ -35,7 +35,7 @@ use std::{
     path::Path,
 };
 
-use entries::KernelEntries;
+use entries::{KernelEntries, NetEntryRow};
 
 /// The eBPF object, built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bridle"));
@@ -323,7 +323,7 @@ impl Enforcer {
         let stale = |slot: &u64| !active.contains(slot);
         let mut removed = sweep_hash::<ExecKey>(objects, "EXEC_RULES", |k| stale(&k.slot))?;
         removed += sweep_hash::<ExecPlaceKey>(objects, "EXEC_PLACES", |k| stale(&k.slot))?;
-        removed += sweep_lpm::<NetKey>(objects, NET_RULES, |k| stale(&u64::from_ne_bytes(k.slot)))?;
+        removed += sweep_net(objects, |k| stale(&u64::from_ne_bytes(k.slot)))?;
         // Pins adopted from a daemon that predates unix enforcement have no such map.
         if objects.map(unix::MAP).is_some() {
             removed += sweep_hash::<UnixKey>(objects, unix::MAP, |k| stale(&k.slot))?;
@@ -498,13 +498,9 @@ fn write_hash<K: aya::Pod + std::fmt::Debug>(
 
 /// Writes the address entries of policy slot `slot` into the address trie, once the map is
 /// checked to hold exactly those types. A refused entry is named by its prefix.
-fn write_net(
-    objects: &mut Objects,
-    slot: u64,
-    entries: &[(u8, [u8; 16], PortRules)],
-) -> Result<()> {
+fn write_net(objects: &mut Objects, slot: u64, entries: &[NetEntryRow]) -> Result<()> {
     map::<LpmTrie<&mut MapData, NetKey, PortRules>>(objects, NET_RULES)?;
-    let split = |(prefix, addr, rules): &(u8, [u8; 16], PortRules)| {
+    let split = |(prefix, addr, rules): &NetEntryRow| {
         let key = NetKey {
             slot: slot.to_ne_bytes(),
             addr: *addr,
@@ -558,18 +554,15 @@ fn sweep_hash<K: aya::Pod>(
     delete_batch(objects, name, &keys)
 }
 
-/// Deletes the keys of LPM trie `name` whose data `stale` picks; returns how many went.
-fn sweep_lpm<K: aya::Pod>(
-    objects: &mut Objects,
-    name: &str,
-    stale: impl Fn(&K) -> bool,
-) -> Result<usize> {
-    let keys: Vec<Key<K>> = map::<LpmTrie<&mut MapData, K, PortRules>>(objects, name)?
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| stale(&k.data()))
-        .collect();
-    delete_batch(objects, name, &keys)
+/// Deletes the keys of the address trie whose data `stale` picks; returns how many went.
+fn sweep_net(objects: &mut Objects, stale: impl Fn(&NetKey) -> bool) -> Result<usize> {
+    let keys: Vec<Key<NetKey>> =
+        map::<LpmTrie<&mut MapData, NetKey, PortRules>>(objects, NET_RULES)?
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| stale(&k.data()))
+            .collect();
+    delete_batch(objects, NET_RULES, &keys)
 }
 
 /// Deletes `keys` from map `name` in one batch; returns how many were there.

@@ -20,7 +20,7 @@ use super::{
     program,
     tier::{ExecTier, TierLink, LSM_PROGRAM, TASK_TRACKERS},
     unix::{self, UnixState},
-    CgroupLink, Enforcer, Objects, MAP_NAMES, NET_RULES, OBJECT, TALLIES,
+    CgroupLink, Enforcer, Objects, MAP_NAMES, OBJECT, TALLIES,
 };
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -143,14 +143,19 @@ impl Enforcer {
         if !dir.join("links").join("exec_guard").exists() {
             return Ok(None);
         }
-        if !dir.join("maps").join(NET_RULES).exists() {
-            // An earlier bridle's programs judge addresses by other maps (NET4_RULES and
-            // NET6_RULES): entries written here would never reach them, and every connect
-            // would meet stale entries, then the default. Driving them is not an option.
+        // Every map this bridle's programs read must be pinned, except the two that earlier
+        // bridles lacked and that the loop below does without or creates. A pin set without one
+        // of the others comes from a bridle whose programs read other maps (NET4_RULES and
+        // NET6_RULES before the address trie was one): entries written here would never reach
+        // them.
+        let missing = MAP_NAMES.iter().find(|&&name| {
+            name != TALLIES && name != unix::MAP && !dir.join("maps").join(name).exists()
+        });
+        if let Some(name) = missing {
             bail!(
-                "the programs pinned under {dir} come from an earlier bridle that judges \
-                 addresses by other maps (no maps/{NET_RULES}); this bridle cannot drive them. \
-                 They keep enforcing the policy they had until its permits lapse. Run \
+                "the programs pinned under {dir} come from an earlier bridle whose programs \
+                 read other maps (no maps/{name}); this bridle cannot drive them. They keep \
+                 enforcing the policy they had until its permits lapse. Run \
                  `bridle unload --pin-dir {dir}` (the workloads are then unconfined until the \
                  daemon is ready), then start the daemon again",
                 dir = dir.display()
