@@ -121,6 +121,21 @@ impl<'a> Reporter<'a> {
         }
     }
 
+    /// An empty reporter against the same source, for part of the work done on another thread.
+    pub(crate) fn fork(&self) -> Reporter<'a> {
+        Reporter {
+            source: self.source,
+            origin: self.origin,
+            line_starts: self.line_starts.clone(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    /// Takes over what a [`Reporter::fork`] found, after what this one found.
+    pub(crate) fn absorb(&mut self, other: Reporter<'a>) {
+        self.diagnostics.extend(other.diagnostics);
+    }
+
     pub(crate) fn finish(mut self) -> Result<(), PolicyError> {
         if self.diagnostics.is_empty() {
             return Ok(());

@@ -8,6 +8,7 @@
 //! override an invariant.
 
 use crate::clock::{Clock, SystemClock};
+use crate::compile::{compile_referenced, Compiled};
 use crate::connect::Target;
 use crate::index::{Hit, Probe, RuleIndex};
 use crate::policy::{Action, Invariants, Mode, Policy, QuarantineAction, Rule, RuleMatcher};
@@ -48,17 +49,40 @@ pub(crate) struct Judge {
 
 impl Judge {
     fn new(policy: Policy) -> Judge {
-        let reference = PolicyRef {
-            name: policy.name.clone(),
-            version: policy.version,
-            digest: policy.digest_hex(),
-        };
+        let (index, digest) = beside_digest(&policy, || RuleIndex::new(&policy.rules));
+        Judge::assemble(policy, index, digest)
+    }
+
+    fn assemble(policy: Policy, index: RuleIndex, digest: String) -> Judge {
         Judge {
-            index: RuleIndex::new(&policy.rules),
+            reference: PolicyRef {
+                name: policy.name.clone(),
+                version: policy.version,
+                digest,
+            },
+            index,
             policy,
-            reference,
         }
     }
+}
+
+/// Policies with at least this many rules have their digest computed on a second thread: below
+/// it the thread costs more than it saves.
+const DIGEST_THREAD_RULES: usize = 512;
+
+/// Runs `work` while the policy's digest (the costliest step of indexing or compiling a large
+/// policy, and independent of both) is computed, on another thread when the policy is large.
+fn beside_digest<R>(policy: &Policy, work: impl FnOnce() -> R) -> (R, String) {
+    if policy.rules.len() < DIGEST_THREAD_RULES {
+        return (work(), policy.digest_hex());
+    }
+    std::thread::scope(|scope| {
+        let digest = scope.spawn(|| policy.digest_hex());
+        let done = work();
+        // A panic while hashing is a bug; hashing again here surfaces it on this thread.
+        let digest = digest.join().unwrap_or_else(|_| policy.digest_hex());
+        (done, digest)
+    })
 }
 
 /// One policy's finding before it becomes a verdict.
@@ -203,6 +227,37 @@ impl Engine {
         }
     }
 
+    /// [`Engine::new`] with `invariants` (as [`Engine::with_invariants`] adds them), and the
+    /// policy compiled with them (what [`Engine::compile`] would give), built side by side.
+    pub fn with_compiled(policy: Policy, invariants: Vec<Rule>) -> (Engine, Compiled) {
+        // Only ever seen with its chain filled in below.
+        let shell = Engine {
+            chain: Vec::new(),
+            invariants: None,
+            clock: Arc::new(SystemClock::new()),
+            windows: HashMap::new(),
+            refusals: VecDeque::new(),
+            quarantined: None,
+        }
+        .with_invariants(invariants);
+        let ((index, mut compiled), digest) = beside_digest(&policy, || {
+            // The reference is only carried along: the digest is filled in once known.
+            let reference = PolicyRef {
+                name: policy.name.clone(),
+                version: policy.version,
+                digest: String::new(),
+            };
+            let compiled = compile_referenced(&policy, reference, shell.invariants());
+            (RuleIndex::new(&policy.rules), compiled)
+        });
+        compiled.policy.digest.clone_from(&digest);
+        let engine = Engine {
+            chain: vec![Arc::new(Judge::assemble(policy, index, digest))],
+            ..shell
+        };
+        (engine, compiled)
+    }
+
     /// Adds host-wide invariants. Only refuse rules are meaningful here: rules with another
     /// effect are ignored ([`Invariants::parse`] never produces them).
     pub fn with_invariants(mut self, invariants: Vec<Rule>) -> Engine {
@@ -267,16 +322,10 @@ impl Engine {
 
     /// Each policy of the chain compiled with the invariants, outermost first: attach each at
     /// its own cgroup level so the kernel requires all of them to permit.
-    pub fn compile(&self) -> Vec<crate::compile::Compiled> {
+    pub fn compile(&self) -> Vec<Compiled> {
         self.chain
             .iter()
-            .map(|j| {
-                crate::compile::compile_referenced(
-                    &j.policy,
-                    j.reference.clone(),
-                    self.invariants(),
-                )
-            })
+            .map(|j| compile_referenced(&j.policy, j.reference.clone(), self.invariants()))
             .collect()
     }
 

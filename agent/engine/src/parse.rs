@@ -301,27 +301,55 @@ fn tables<'a, 'i>(r: &mut Reporter, item: &'a Item<'i>, key: &str) -> Vec<(&'a D
     out
 }
 
+/// Rule lists with at least this many rules are read in two halves on two threads: below it
+/// the thread costs more than it saves.
+const SPLIT_RULES: usize = 512;
+
 fn rules(r: &mut Reporter, item: &Item, kind: RuleKind) -> Vec<Rule> {
-    let mut out = Vec::new();
-    let mut seen: HashMap<String, Span> = HashMap::new();
-    for (table, at) in tables(r, item, "rule") {
-        let name_item = table.get("name");
-        if let Some(name_item) = name_item {
-            if let Some(name) = name_item.get_ref().as_str() {
-                if let Some(first) = seen.get(name) {
-                    let line = r.line_of(first.clone());
-                    r.error(
-                        span(name_item),
-                        format!("duplicate rule name \"{name}\" (first defined on line {line})"),
-                    );
-                } else {
-                    seen.insert(name.to_string(), span(name_item));
-                }
-            }
+    let tables = tables(r, item, "rule");
+    let mut seen: HashMap<&str, Span> = HashMap::with_capacity(tables.len());
+    for (table, _) in &tables {
+        let Some(name_item) = table.get("name") else {
+            continue;
+        };
+        let Some(name) = name_item.get_ref().as_str() else {
+            continue;
+        };
+        if let Some(first) = seen.get(name) {
+            let line = r.line_of(first.clone());
+            r.error(
+                span(name_item),
+                format!("duplicate rule name \"{name}\" (first defined on line {line})"),
+            );
+        } else {
+            seen.insert(name, span(name_item));
         }
-        if let Some(rule) = rule(r, table, at, kind) {
-            out.push(rule);
+    }
+    let read = |r: &mut Reporter, tables: &[(&DeTable, Span)]| -> Vec<Rule> {
+        tables
+            .iter()
+            .filter_map(|(table, at)| rule(r, table, at.clone(), kind))
+            .collect()
+    };
+    if tables.len() < SPLIT_RULES {
+        return read(r, &tables);
+    }
+    // Each half reports into its own reporter; the diagnostics are merged in file order.
+    let (first, second) = tables.split_at(tables.len() / 2);
+    let mut other = r.fork();
+    let (mut out, rest) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| read(&mut other, second));
+        let out = read(r, first);
+        (out, second.join())
+    });
+    match rest {
+        Ok(rest) => {
+            out.extend(rest);
+            r.absorb(other);
         }
+        // Reading a rule does not panic; if it ever did, read the half again on this thread so
+        // the panic is not lost.
+        Err(_) => out.extend(read(r, second)),
     }
     out
 }

@@ -434,3 +434,36 @@ fn verdict_is_deterministic() {
         assert_eq!(e.explain(&o), e.explain(&o));
     }
 }
+
+#[test]
+fn an_engine_built_with_its_compiled_form_is_the_engine_and_compile_of_new() {
+    // Large enough that the digest is computed on a second thread.
+    let mut src = String::from(BASE);
+    for i in 0..1200 {
+        src.push_str(&format!(
+            "[[rule]]\nname = \"host-{i}\"\neffect = \"permit\"\nconnect = [\"10.9.{}.{}:443\"]\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    let invariants = Invariants::parse(
+        "[[rule]]\nname = \"no-shadow\"\nexec = [\"/usr/bin/shadow\"]\n",
+        "inv.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .rules;
+    let plain = Engine::new(policy(&src)).with_invariants(invariants.clone());
+    let (built, compiled) = Engine::with_compiled(policy(&src), invariants);
+    assert_eq!(plain.compile(), vec![compiled.clone()]);
+    assert_eq!(compiled.policy.digest, policy(&src).digest_hex());
+    for object in [
+        exec("/usr/bin/git"),
+        exec("/usr/bin/curl"),
+        exec("/usr/bin/shadow"),
+        conn("10.9.3.1:443"),
+        conn("10.9.3.1:444"),
+        conn("10.1.2.3:5432"),
+    ] {
+        assert_eq!(built.judge(&object), plain.judge(&object), "{object:?}");
+    }
+}

@@ -231,3 +231,56 @@ fn load_names_the_file_on_io_error() {
         .to_string()
         .starts_with("/nonexistent/p.toml:1:1: error: cannot read policy"));
 }
+
+/// A policy of `n` connect rules named `rule-0`…, one address each.
+fn many_rules(n: usize) -> String {
+    let mut text = String::from("name = \"large\"\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "\n[[rule]]\nname = \"rule-{i}\"\neffect = \"permit\"\nconnect = [\"10.0.{}.{}:443\"]\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    text
+}
+
+#[test]
+fn a_large_policy_reports_every_error_in_file_order() {
+    // Large policies are read in two halves: errors from both, and a duplicate name spanning
+    // them, still come out once each, in the order of the file.
+    let n = 2000;
+    let text = many_rules(n)
+        .replace("name = \"rule-1999\"", "name = \"rule-3\"")
+        .replace("\"10.0.0.7:443\"", "\"10.0.0.7:99999\"")
+        .replace(
+            "name = \"rule-1500\"\neffect = \"permit\"",
+            "name = \"rule-1500\"\neffect = \"maybe\"",
+        );
+    let errs = errors(&text);
+    let lines: Vec<usize> = errs
+        .iter()
+        .map(|e| {
+            e.split(':')
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(lines.windows(2).all(|w| w[0] < w[1]), "{errs:#?}");
+    assert!(errs[0].contains("99999"), "{errs:#?}");
+    assert!(errs[1].contains("maybe"), "{errs:#?}");
+    assert!(
+        errs[2].contains("duplicate rule name \"rule-3\" (first defined on line 19)"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn a_large_policy_keeps_its_rules_in_file_order() {
+    let policy = Policy::parse(&many_rules(1500), "p.toml").expect("parses");
+    let names: Vec<String> = policy.rules.iter().map(|r| r.name.clone()).collect();
+    let expected: Vec<String> = (0..1500).map(|i| format!("rule-{i}")).collect();
+    assert_eq!(names, expected);
+}

@@ -8,7 +8,7 @@
 //! signing permits, writing a new slot) is redone on every reload.
 
 use anyhow::Result;
-use bridle_engine::{compile, Compiled, Engine, Mode, Policy, Rule};
+use bridle_engine::{Compiled, Engine, Mode, Policy, Rule};
 use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
@@ -78,14 +78,8 @@ impl PreparedPolicies {
         if let Some(mode) = mode {
             policy.mode = mode;
         }
-        let engine = Engine::new(policy).with_invariants(invariants.to_vec());
-        let compiled = Arc::new(
-            engine
-                .compile()
-                .into_iter()
-                .next_back()
-                .unwrap_or_else(|| compile(engine.policy())),
-        );
+        let (engine, compiled) = Engine::with_compiled(policy, invariants.to_vec());
+        let compiled = Arc::new(compiled);
         self.by_file.insert(
             key,
             Ready {
