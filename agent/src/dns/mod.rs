@@ -8,9 +8,10 @@
 //! workload can reach an address by name only if it asked through an allowed name, and only
 //! for as long as the answer lives.
 //!
-//! Threads: one receiver per UDP socket handing queries to a small fixed pool of workers over
-//! a bounded queue (a full queue drops the query; the client retries), one acceptor per TCP
-//! socket, and at most [`MAX_TCP`] connection threads.
+//! Threads: a small fixed pool of workers per UDP socket, each receiving and answering queries
+//! itself (the socket's receive buffer is the queue: when it is full the kernel drops the
+//! query and the client retries), one acceptor per TCP socket, and at most [`MAX_TCP`]
+//! connection threads.
 
 pub mod names;
 pub mod permits;
@@ -42,10 +43,9 @@ use std::{
 };
 use wire::{Malformed, Question};
 
-/// Worker threads answering UDP queries.
+/// Worker threads answering the UDP queries of each socket (IPv4, and IPv6 where the host has
+/// it): one waiting on a slow upstream does not hold up the others.
 const UDP_WORKERS: usize = 4;
-/// Queries waiting for a worker before new ones are dropped.
-const QUEUE: usize = 256;
 /// TCP connections served at once; more are closed at accept.
 pub const MAX_TCP: usize = 16;
 /// How often the receiving threads look at the stop flag.
@@ -403,39 +403,19 @@ impl Resolver {
             keep_redirect: false,
             threads: Vec::new(),
         };
-        let (tx, rx) =
-            std::sync::mpsc::sync_channel::<(Vec<u8>, SocketAddr, Arc<UdpSocket>)>(QUEUE);
-        let rx = Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..UDP_WORKERS {
-            let rx = Arc::clone(&rx);
-            let shared = Arc::clone(&shared);
-            resolver.spawn(&format!("bridle-dns-w{i}"), move || loop {
-                let job = {
-                    let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-                    rx.recv()
-                };
-                let Ok((query, peer, sock)) = job else {
-                    return; // every receiver is gone
-                };
-                if let Some(reply) = shared.answer(&query, false, 0) {
-                    // A client that went away is not our failure.
-                    let _ = sock.send_to(&reply, peer);
-                }
-            })?;
-        }
         for (udp, tcp) in sockets {
             let udp = Arc::new(udp);
-            let tx = tx.clone();
-            let shared_udp = Arc::clone(&shared);
-            resolver.spawn("bridle-dns-udp", move || {
-                udp_receive(&shared_udp, udp, tx);
-            })?;
+            for i in 0..UDP_WORKERS {
+                let (udp, shared) = (Arc::clone(&udp), Arc::clone(&shared));
+                resolver.spawn(&format!("bridle-dns-w{i}"), move || {
+                    udp_serve(&shared, &udp);
+                })?;
+            }
             if let Some(tcp) = tcp {
                 let shared_tcp = Arc::clone(&shared);
                 resolver.spawn("bridle-dns-tcp", move || tcp_accept(&shared_tcp, tcp))?;
             }
         }
-        drop(tx);
         resolver
             .redirect_map
             .update(
@@ -627,15 +607,20 @@ fn bind() -> Result<Bound> {
     .context("binding the resolver (TCP) on the UDP socket's port")
 }
 
-type Job = (Vec<u8>, SocketAddr, Arc<UdpSocket>);
-
-fn udp_receive(shared: &Shared, sock: Arc<UdpSocket>, tx: mpsc::SyncSender<Job>) {
+/// Receives queries on `sock` and answers each. Every worker of a socket waits in its own
+/// `recv_from`, and the kernel hands each datagram to one of them: no thread sits between the
+/// socket and the worker (a hand-off would be one more wake-up per query), and the socket's
+/// receive buffer is the queue (when it is full the kernel drops the query; the client
+/// retries, as with any busy server).
+fn udp_serve(shared: &Shared, sock: &UdpSocket) {
     let mut buf = vec![0u8; 65535];
     while !shared.stop.load(Ordering::SeqCst) {
         match sock.recv_from(&mut buf) {
             Ok((n, peer)) => {
-                // Full queue: drop, as a busy server would; the client retries.
-                let _ = tx.try_send((buf[..n].to_vec(), peer, Arc::clone(&sock)));
+                if let Some(reply) = shared.answer(&buf[..n], false, 0) {
+                    // A client that went away is not our failure.
+                    let _ = sock.send_to(&reply, peer);
+                }
             }
             Err(e)
                 if matches!(

@@ -216,8 +216,8 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     report.note(
         "dns",
         "A query is a chain of wake-ups: directly two (dnsmasq, then the probe); through \
-         bridle five (the resolver's receiving thread, a worker, dnsmasq, the worker again, \
-         the probe). Where waking an idle CPU is slow (virtual machines, whose idle vCPUs \
+         bridle four (the resolver's worker that receives the query, dnsmasq, the worker \
+         again, the probe). Where waking an idle CPU is slow (virtual machines, whose idle vCPUs \
          halt), a wake-up that crosses CPUs costs tens of µs and one on the same CPU a few, so \
          these figures depend on where the scheduler places the threads, and one round's \
          direct figure can be several times another's; the per-round difference and its spread \
