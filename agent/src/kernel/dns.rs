@@ -3,18 +3,12 @@
 //! and the address entries it installs for answered names).
 
 use anyhow::Result;
-use aya::Ebpf;
 use std::{fs::File, path::Path};
 
 use super::{CgroupLink, Programs};
 
 /// The sock_addr programs that rewrite the source of DNS replies.
 pub(super) const RECVMSG_PROGRAMS: [&str; 2] = ["recvmsg4", "recvmsg6"];
-
-/// Loads the recvmsg programs.
-pub(super) fn load(ebpf: &mut Ebpf) -> Result<()> {
-    super::load_sock_addr(ebpf, &RECVMSG_PROGRAMS)
-}
 
 /// Attaches the recvmsg programs at the cgroup open as `dir`.
 pub(super) fn attach(

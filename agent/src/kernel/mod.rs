@@ -14,6 +14,7 @@ pub mod pins;
 pub mod tally;
 pub mod tier;
 pub mod unix;
+mod verify;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -155,6 +156,14 @@ impl Objects {
     /// A borrowed descriptor of map `name`, whatever its type.
     fn map_fd(&self, name: &str) -> Option<BorrowedFd<'_>> {
         map_descriptor(self.map(name)?)
+    }
+
+    /// Every program, by name.
+    fn programs_mut(&mut self) -> Box<dyn Iterator<Item = (&str, &mut Program)> + '_> {
+        match &mut self.ebpf {
+            Some(ebpf) => Box::new(ebpf.programs_mut()),
+            None => Box::new(self.programs.iter_mut().map(|(n, p)| (n.as_str(), p))),
+        }
     }
 
     fn take_map(&mut self, name: &str) -> Option<Map> {
@@ -407,31 +416,38 @@ impl Enforcer {
 
 /// Loads the programs aya loads (all but the unix hooks) and attaches the exec hook.
 fn load_programs(ebpf: &mut Ebpf) -> Result<RawTracePointLinkId> {
+    verify::load_side_by_side(verify::named(ebpf.programs_mut(), &LOADED_AT_START)?)?;
     let exec: &mut RawTracePoint = program(ebpf, "exec_guard")?;
-    exec.load().context(
-        "loading the exec hook (raw tracepoint sched_process_exec): the kernel refused it",
-    )?;
     let exec_link = exec
         .attach(EXEC_TRACEPOINT)
         .with_context(|| format!("attaching the exec hook to {EXEC_TRACEPOINT}"))?;
-    load_sock_addr(ebpf, &CONNECT_PROGRAMS)?;
-    net::load(ebpf)?;
-    dns::load(ebpf)?;
     Ok(exec_link)
 }
 
+/// The programs [`Enforcer::load`] loads through aya, with what to call each in an error;
+/// the costliest to verify first, so the two loading threads end together.
+const LOADED_AT_START: [(&str, &str); 8] = [
+    (
+        "exec_guard",
+        "the exec hook (raw tracepoint sched_process_exec)",
+    ),
+    (CONNECT_PROGRAMS[1], "the IPv6 connect cgroup program"),
+    (CONNECT_PROGRAMS[0], "the IPv4 connect cgroup program"),
+    (net::SENDMSG_PROGRAMS[0], "the IPv4 sendmsg cgroup program"),
+    (net::SENDMSG_PROGRAMS[1], "the IPv6 sendmsg cgroup program"),
+    (net::SOCK_CREATE, "the sock_create cgroup program"),
+    (
+        dns::RECVMSG_PROGRAMS[1],
+        "the IPv6 DNS recvmsg cgroup program",
+    ),
+    (
+        dns::RECVMSG_PROGRAMS[0],
+        "the IPv4 DNS recvmsg cgroup program",
+    ),
+];
+
 /// The sock_addr programs judging connects.
 const CONNECT_PROGRAMS: [&str; 2] = ["connect4", "connect6"];
-
-/// Loads cgroup sock_addr programs by name.
-fn load_sock_addr(ebpf: &mut Ebpf, names: &[&str]) -> Result<()> {
-    for name in names {
-        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-        prog.load()
-            .with_context(|| format!("loading the {name} cgroup program"))?;
-    }
-    Ok(())
-}
 
 /// Attaches cgroup sock_addr programs by name at the cgroup open as `dir`.
 fn attach_sock_addr(

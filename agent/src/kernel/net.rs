@@ -1,14 +1,11 @@
 //! The network hooks beyond connect4/connect6: UDP sendmsg and raw-socket creation. (The
 //! unix-socket hooks, which aya cannot load, are in [`super::unix`].)
 //!
-//! Kept apart from the loader in `mod.rs` so that each family of hooks is loaded, attached
-//! and described in one place.
+//! Kept apart from the loader in `mod.rs` so that each family of hooks is attached and
+//! described in one place (the loader loads every program together, see `verify`).
 
 use anyhow::{Context, Result};
-use aya::{
-    programs::{CgroupAttachMode, CgroupSock},
-    Ebpf,
-};
+use aya::programs::{CgroupAttachMode, CgroupSock};
 use bridle_common::{Workload, EFFECT_PERMIT, EFFECT_REFUSE};
 use bridle_engine::{Code, Compiled, Effect, RuleId};
 use std::{fs::File, path::Path};
@@ -19,15 +16,6 @@ use super::{program, CgroupLink, Programs};
 pub(super) const SENDMSG_PROGRAMS: [&str; 2] = ["sendmsg4", "sendmsg6"];
 /// The sock program judging socket creation.
 pub(super) const SOCK_CREATE: &str = "sock_create";
-
-/// Loads the sendmsg and sock_create programs.
-pub(super) fn load(ebpf: &mut Ebpf) -> Result<()> {
-    super::load_sock_addr(ebpf, &SENDMSG_PROGRAMS)?;
-    let prog: &mut CgroupSock = program(ebpf, SOCK_CREATE)?;
-    prog.load()
-        .context("loading the sock_create cgroup program")?;
-    Ok(())
-}
 
 /// Attaches the sendmsg and sock_create programs at the cgroup open as `dir`.
 pub(super) fn attach(

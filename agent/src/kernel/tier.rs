@@ -6,7 +6,7 @@
 //! - **fanotify**: a `FAN_CLASS_CONTENT` group accepts a `FAN_OPEN_EXEC_PERM` mark.
 //! - **kill**: the `sched_process_exec` raw tracepoint, always loaded as the backstop.
 
-use super::{program, Enforcer};
+use super::{program, verify, Enforcer};
 use anyhow::{bail, Context, Result};
 use aya::{
     programs::{Lsm, RawTracePoint},
@@ -223,10 +223,11 @@ impl Enforcer {
                 self.tier_links.push(TierLink::Lsm(id));
             }
             ExecTier::Fanotify => {
+                let trackers =
+                    TASK_TRACKERS.map(|(name, _)| (name, "a fanotify tier task tracker"));
+                verify::load_side_by_side(verify::named(self.objects.programs_mut(), &trackers)?)?;
                 for (name, tracepoint) in TASK_TRACKERS {
                     let prog: &mut RawTracePoint = program(&mut self.objects, name)?;
-                    prog.load()
-                        .with_context(|| format!("loading the {name} task tracker"))?;
                     let id = prog
                         .attach(tracepoint)
                         .with_context(|| format!("attaching {name} to {tracepoint}"))?;
