@@ -79,8 +79,9 @@ fn beside_digest<R>(policy: &Policy, work: impl FnOnce() -> R) -> (R, String) {
     std::thread::scope(|scope| {
         let digest = scope.spawn(|| policy.digest_hex());
         let done = work();
-        // A panic while hashing is a bug; hashing again here surfaces it on this thread.
-        let digest = digest.join().unwrap_or_else(|_| policy.digest_hex());
+        let digest = digest
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (done, digest)
     })
 }
@@ -217,8 +218,13 @@ struct Decision {
 impl Engine {
     /// An engine judging by one policy, with the system clock and no invariants.
     pub fn new(policy: Policy) -> Engine {
+        Engine::judging(vec![Arc::new(Judge::new(policy))])
+    }
+
+    /// An engine judging by `chain`, with the system clock and no invariants.
+    fn judging(chain: Vec<Arc<Judge>>) -> Engine {
         Engine {
-            chain: vec![Arc::new(Judge::new(policy))],
+            chain,
             invariants: None,
             clock: Arc::new(SystemClock::new()),
             windows: HashMap::new(),
@@ -230,16 +236,7 @@ impl Engine {
     /// [`Engine::new`] with `invariants` (as [`Engine::with_invariants`] adds them), and the
     /// policy compiled with them (what [`Engine::compile`] would give), built side by side.
     pub fn with_compiled(policy: Policy, invariants: Vec<Rule>) -> (Engine, Compiled) {
-        // Only ever seen with its chain filled in below.
-        let shell = Engine {
-            chain: Vec::new(),
-            invariants: None,
-            clock: Arc::new(SystemClock::new()),
-            windows: HashMap::new(),
-            refusals: VecDeque::new(),
-            quarantined: None,
-        }
-        .with_invariants(invariants);
+        let mut engine = Engine::judging(Vec::new()).with_invariants(invariants);
         let ((index, mut compiled), digest) = beside_digest(&policy, || {
             // The reference is only carried along: the digest is filled in once known.
             let reference = PolicyRef {
@@ -247,14 +244,13 @@ impl Engine {
                 version: policy.version,
                 digest: String::new(),
             };
-            let compiled = compile_referenced(&policy, reference, shell.invariants());
+            let compiled = compile_referenced(&policy, reference, engine.invariants());
             (RuleIndex::new(&policy.rules), compiled)
         });
         compiled.policy.digest.clone_from(&digest);
-        let engine = Engine {
-            chain: vec![Arc::new(Judge::assemble(policy, index, digest))],
-            ..shell
-        };
+        engine
+            .chain
+            .push(Arc::new(Judge::assemble(policy, index, digest)));
         (engine, compiled)
     }
 
@@ -283,9 +279,9 @@ impl Engine {
             rules,
             quarantine: None,
         };
-        let mut judge = Judge::new(policy);
-        judge.reference.digest = digest;
-        self.invariants = Some(Arc::new(judge));
+        // The invariants are named by their own digest, not the digest of this wrapping policy.
+        let index = RuleIndex::new(&policy.rules);
+        self.invariants = Some(Arc::new(Judge::assemble(policy, index, digest)));
         self
     }
 

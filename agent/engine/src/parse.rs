@@ -340,17 +340,13 @@ fn rules(r: &mut Reporter, item: &Item, kind: RuleKind) -> Vec<Rule> {
     let (mut out, rest) = std::thread::scope(|scope| {
         let second = scope.spawn(|| read(&mut other, second));
         let out = read(r, first);
-        (out, second.join())
+        let rest = second
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (out, rest)
     });
-    match rest {
-        Ok(rest) => {
-            out.extend(rest);
-            r.absorb(other);
-        }
-        // Reading a rule does not panic; if it ever did, read the half again on this thread so
-        // the panic is not lost.
-        Err(_) => out.extend(read(r, second)),
-    }
+    out.extend(rest);
+    r.absorb(other);
     out
 }
 

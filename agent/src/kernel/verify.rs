@@ -4,7 +4,10 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::programs::Program;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex, PoisonError,
+};
 
 /// One program to load: its name, what to call it in an error, and the program.
 pub(super) type Load<'a> = (&'a str, &'static str, &'a mut Program);
@@ -33,15 +36,15 @@ pub(super) fn named<'a>(
 /// with one (list the costliest first). Stops at the first refusal and returns it.
 pub(super) fn load_side_by_side(programs: Vec<Load<'_>>) -> Result<()> {
     let queue = Mutex::new(programs.into_iter());
-    let failed = std::sync::atomic::AtomicBool::new(false);
+    let failed = AtomicBool::new(false);
     let work = || -> Result<()> {
-        while !failed.load(std::sync::atomic::Ordering::Relaxed) {
+        while !failed.load(Ordering::Relaxed) {
             let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
             let Some((name, what, program)) = next else {
                 return Ok(());
             };
             if let Err(err) = load(name, what, program) {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                failed.store(true, Ordering::Relaxed);
                 return Err(err);
             }
         }
