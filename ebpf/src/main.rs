@@ -20,11 +20,11 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
-        bpf_send_signal, generated as gen,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns,
+        bpf_probe_read_kernel_str_bytes, bpf_send_signal, generated as gen,
     },
     macros::{cgroup_sock_addr, map, raw_tracepoint},
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, SockAddrContext},
 };
 use bridle_common::{
@@ -79,6 +79,27 @@ unsafe extern "C" {
     fn bridle_read_exec_file(bprm: *const u8, out: *mut ExecFile) -> i32;
     /// Reads the executed file's directory and name (CO-RE, see core.c).
     fn bridle_read_exec_place(bprm: *const u8, out: *mut ExecPlace) -> i32;
+    /// Reads the current task's uid and comm in place (CO-RE, see core.c).
+    fn bridle_current_identity(out: *mut Identity);
+}
+
+/// Mirrors `struct bridle_identity` in core.c.
+#[repr(C)]
+pub(crate) struct Identity {
+    pub(crate) uid: u32,
+    pub(crate) comm: [u8; COMM_LEN],
+}
+
+/// The current task's uid and comm, as `bpf_get_current_uid_gid` and `bpf_get_current_comm`
+/// give them, for the paths every permitted connect takes.
+#[inline(always)]
+pub(crate) fn current_identity() -> Identity {
+    let mut out = core::mem::MaybeUninit::<Identity>::uninit();
+    // SAFETY: the accessor writes every field (see the note on zeros for why uninit).
+    unsafe {
+        bridle_current_identity(out.as_mut_ptr());
+        out.assume_init()
+    }
 }
 
 /// Mirrors `struct bridle_exec_file` in core.c.
@@ -90,6 +111,31 @@ struct ExecFile {
     filename: u64,
     nlink: u32,
     _pad: u32,
+}
+
+/// `CLOCK_BOOTTIME` minus `CLOCK_MONOTONIC` in ns (how long the machine has been suspended),
+/// as user space last measured it. Expiries are checked against the coarse monotonic clock plus
+/// this offset: a precise boot-clock read is a fifth of a connect program's time, the coarse
+/// clock a field read. An entry so lapses up to one tick late, and after a resume up to one
+/// refresh late (user space refreshes the offset every turn of its loop).
+#[map]
+static BOOT_OFFSET: Array<u64> = Array::with_max_entries(1, 0);
+
+/// `CLOCK_BOOTTIME` in ns, to within a tick: what the socket programs check expiries against
+/// (tracing programs may not call the coarse clock's helper).
+#[inline(always)]
+pub(crate) fn coarse_now() -> u64 {
+    let offset = BOOT_OFFSET.get(0).copied().unwrap_or(0);
+    // SAFETY: a plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(offset)
+}
+
+/// `CLOCK_BOOTTIME` in ns, precisely: what events are stamped with, and what the exec programs
+/// check expiries against.
+#[inline(always)]
+pub(crate) fn precise_now() -> u64 {
+    // SAFETY: a plain helper call.
+    unsafe { bpf_ktime_get_boot_ns() }
 }
 
 #[inline(always)]
@@ -128,8 +174,8 @@ struct Judgement {
     workload: u64,
     observe: bool,
     decision: Decision,
-    /// `CLOCK_BOOTTIME` ns when judged: events and tallies reuse it (a clock read costs more
-    /// than the rest of a tally).
+    /// `CLOCK_BOOTTIME` ns when judged (for a socket, to within a tick: [`coarse_now`]): the
+    /// time a tally records a repeat at.
     now: u64,
 }
 
@@ -150,14 +196,26 @@ pub(crate) fn in_a_workload() -> bool {
     false
 }
 
-/// How many nested workloads one operation is judged by; a task inside more is refused. Two
-/// cover what bridle makes (a `bridle run` inside a daemon's workload; a workload cannot load
-/// programs of its own to nest deeper), and the verifier's work grows with every level.
-const NESTING: usize = 2;
+impl Judgement {
+    /// Takes one workload's decision, in order from the outermost: the first refusal stands.
+    #[inline(always)]
+    fn decide_for(&mut self, workload: u64, w: &Workload, d: Decision) {
+        let refused_before = self.found && self.decision.effect != EFFECT_PERMIT;
+        if !refused_before {
+            self.workload = workload;
+            self.observe = w.flags & WORKLOAD_OBSERVE != 0;
+            self.decision = d;
+        }
+        self.found = true;
+    }
+}
 
+/// Judges the current task at `now` for each workload it belongs to, with `decide` giving one
+/// workload's decision. Two nested workloads are judged (they cover what bridle makes: a
+/// `bridle run` inside a daemon's workload; a workload cannot load programs of its own to nest
+/// deeper, and the verifier's work grows with every level); a task inside more is refused.
 #[inline(always)]
-fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+fn judge(now: u64, mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
     let mut out = Judgement {
         found: false,
         workload: 0,
@@ -167,10 +225,10 @@ fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
     };
     // First the workloads among the task's ancestors (outermost first), then one decision per
     // workload: the verifier walks the decisions (an address's port rules, say) once per
-    // workload rather than once per cgroup level, which keeps loading fast.
-    // Zero as a value LLVM cannot see, or the array costs a memset call (see the note on zeros).
-    let mut ids = [zero(); NESTING];
-    let mut found = 0usize;
+    // workload rather than once per cgroup level, which keeps loading fast. The values found
+    // on the walk are kept (a second lookup by id costs as much as the first).
+    let mut outer: Option<(u64, &Workload)> = None;
+    let mut inner: Option<(u64, &Workload)> = None;
     let mut too_deep = false;
     for level in 1..=MAX_CGROUP_DEPTH {
         // SAFETY: a plain helper call.
@@ -178,33 +236,25 @@ fn judge(mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
         if id == 0 {
             break;
         }
-        // SAFETY: a lookup; the value is not read here.
-        if unsafe { WORKLOADS.get(&id) }.is_none() {
+        // SAFETY: values are written whole by user space and never mutated here.
+        let Some(w) = (unsafe { WORKLOADS.get(&id) }) else {
             continue;
-        }
-        if found == NESTING {
+        };
+        if outer.is_none() {
+            outer = Some((id, w));
+        } else if inner.is_none() {
+            inner = Some((id, w));
+        } else {
             too_deep = true;
             break;
         }
-        ids[found] = id;
-        found += 1;
     }
-    for (i, id) in ids.iter().enumerate() {
-        if i >= found {
-            break;
-        }
-        // SAFETY: values are written whole by user space and never mutated here.
-        let Some(w) = (unsafe { WORKLOADS.get(id) }) else {
-            continue;
-        };
-        let d = decide(w.slot, w, now);
-        let refused_before = out.found && out.decision.effect != EFFECT_PERMIT;
-        if !refused_before {
-            out.workload = *id;
-            out.observe = w.flags & WORKLOAD_OBSERVE != 0;
-            out.decision = d;
-        }
-        out.found = true;
+    // Outermost first (written out, not iterated: the verifier must see each value checked).
+    if let Some((id, w)) = outer {
+        out.decide_for(id, w, decide(w.slot, w, now));
+    }
+    if let Some((id, w)) = inner {
+        out.decide_for(id, w, decide(w.slot, w, now));
     }
     if too_deep {
         // Deeper nesting than the programs judge: refused, never let through unjudged.
@@ -277,7 +327,7 @@ unsafe fn fill_head(
         (*ev)._pad = 0;
         (*ev).workload = j.workload;
         (*ev).cgroup = bpf_get_current_cgroup_id();
-        (*ev).time_ns = j.now;
+        (*ev).time_ns = precise_now();
         (*ev).permit_id = j.decision.permit_id;
         let zero = zero();
         (*ev).dev = zero;
@@ -361,8 +411,9 @@ pub(crate) fn judge_exec(bprm: *const u8, file: &mut ExecFile) -> Judgement {
     // SAFETY: as above; `place.place` is zeroed, as the accessor expects.
     let have_place = !unreadable && unsafe { bridle_read_exec_place(bprm, &mut place.place) } == 0;
     let (dev, ino, anonymous) = (file.dev, file.ino, file.nlink == 0);
-    // One judge for every case (each instance is code the verifier walks again).
-    judge(|slot, w, now| {
+    // One judge for every case (each instance is code the verifier walks again). Tracing
+    // programs cannot read the coarse clock (an exec is no hot path anyway).
+    judge(precise_now(), |slot, w, now| {
         if unreadable {
             // Fail closed: a file that cannot be read is refused by every workload.
             return Decision {

@@ -14,12 +14,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     btf_maps::{ArrayOfMaps, HashMap},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    helpers::bpf_get_current_pid_tgid,
     macros::btf_map,
 };
 use bridle_common::{TallyCount, TallyKey, STAT_EVENTS_LOST, TALLY_CURRENT, TALLY_ENTRIES};
 
-use crate::{count, current_comm, emit_head, Judgement};
+use crate::{count, current_identity, emit_head, precise_now, Judgement};
 
 /// One tally map (the type every map swapped into `TALLIES` has).
 type Tally =
@@ -48,26 +48,29 @@ pub(crate) fn permit(j: &Judgement, kind: u8, port: u16, addr: &[u8; 16]) {
         return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
+    let who = current_identity();
     let key = TallyKey {
         workload: j.workload,
         permit_id: j.decision.permit_id,
         tgid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
+        uid: who.uid,
         rule: j.decision.rule,
         port,
         kind,
         code: j.decision.code,
         addr: *addr,
-        comm: current_comm(),
+        comm: who.comm,
     };
     if let Some(counter) = tally.get_ptr_mut(&key) {
         bump(counter, j.now);
         return;
     }
+    // The first decision is stamped as precisely as its event.
+    let at = precise_now();
     let first = TallyCount {
         count: 0,
-        first_ns: j.now,
-        last_ns: j.now,
+        first_ns: at,
+        last_ns: at,
     };
     // BPF_NOEXIST: of two CPUs entering one key, one wins and sends the event; the other finds
     // the key below and counts. A full map refuses the key: then the decision is an event.
@@ -83,7 +86,8 @@ pub(crate) fn permit(j: &Judgement, kind: u8, port: u16, addr: &[u8; 16]) {
     }
 }
 
-/// Counts one decision at `now`.
+/// Counts one decision at `now` (the coarse clock, which may lag the precise stamp of the
+/// key's first decision by up to a tick: `last_ns` never goes below it).
 #[inline(always)]
 fn bump(counter: *mut TallyCount, now: u64) {
     // SAFETY: `counter` points at a live value of the current tally map, which stays valid
@@ -91,6 +95,8 @@ fn bump(counter: *mut TallyCount, now: u64) {
     // one); the count is incremented atomically, `last_ns` is a plain aligned store.
     unsafe {
         bridle_count_one(&mut (*counter).count);
-        (*counter).last_ns = now;
+        if now > (*counter).last_ns {
+            (*counter).last_ns = now;
+        }
     }
 }

@@ -421,6 +421,7 @@ fn confine_and_wait(
             .audit
             .tick()
             .context("checkpointing the audit trail")?;
+        enforcer.sync_clock()?;
         if Instant::now() >= next_renewal {
             issuer.renew()?;
             let mut renewed = entries::build(engine, compiled, slot)?;

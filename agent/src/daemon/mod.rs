@@ -397,6 +397,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             daemon.reconcile();
             next_scan = now + daemon.config.scan_interval;
         }
+        if let Err(err) = daemon.enforcer.sync_clock() {
+            error!("updating the programs' clock offset: {err:#}");
+        }
         daemon.renew_due(now);
         daemon.sweep_resolvers(now);
         if let Some(every) = watchdog_every {

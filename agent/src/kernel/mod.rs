@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod bpf_sys;
+pub mod clock;
 pub mod dns;
 pub mod entries;
 pub mod events;
@@ -45,7 +46,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/br
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
 /// Every map of the object, by name.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     "WORKLOADS",
     "EXEC_RULES",
     "EXEC_PLACES",
@@ -57,6 +58,7 @@ pub const MAP_NAMES: [&str; 11] = [
     "DNS_ORIGIN",
     unix::MAP,
     TALLIES,
+    clock::MAP,
 ];
 
 /// The address trie, IPv4 and IPv6 (see `bridle_common::NetKey`).
@@ -81,6 +83,8 @@ pub struct Enforcer {
     unix: unix::UnixState,
     /// What the rule maps may hold, so a collection scans them only when a slot was left.
     slots: SlotRecord,
+    /// The programs' clock offset, as last written.
+    boot_offset: clock::BootOffset,
 }
 
 /// The policy slots whose entries may be in the rule maps. The maps are scanned for entries
@@ -237,7 +241,7 @@ impl Enforcer {
             maps: BTreeMap::new(),
             programs: BTreeMap::new(),
         };
-        Ok(Enforcer {
+        let mut enforcer = Enforcer {
             objects,
             exec_link: Some(exec_link),
             tier_links: Vec::new(),
@@ -245,7 +249,20 @@ impl Enforcer {
             btf: Some(btf),
             unix,
             slots: SlotRecord::default(),
-        })
+            boot_offset: clock::BootOffset::default(),
+        };
+        enforcer.sync_clock()?;
+        Ok(enforcer)
+    }
+
+    /// Brings the programs' clock offset up to date (see [`clock`]); cheap when nothing
+    /// changed, so the daemon and `bridle run` call it on every turn of their loops.
+    pub fn sync_clock(&mut self) -> Result<()> {
+        let map = self
+            .objects
+            .map_mut(clock::MAP)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {}", clock::MAP))?;
+        self.boot_offset.sync(map)
     }
 
     /// Why unix-socket rules are not enforced here; `None` when the hooks are loaded.

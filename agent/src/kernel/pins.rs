@@ -14,7 +14,7 @@
 //! ```
 
 use super::{
-    bpf_sys,
+    bpf_sys, clock,
     dns::RECVMSG_PROGRAMS,
     net::{SENDMSG_PROGRAMS, SOCK_CREATE},
     program,
@@ -143,13 +143,16 @@ impl Enforcer {
         if !dir.join("links").join("exec_guard").exists() {
             return Ok(None);
         }
-        // Every map this bridle's programs read must be pinned, except the two that earlier
+        // Every map this bridle's programs read must be pinned, except the three that earlier
         // bridles lacked and that the loop below does without or creates. A pin set without one
         // of the others comes from a bridle whose programs read other maps (NET4_RULES and
         // NET6_RULES before the address trie was one): entries written here would never reach
         // them.
         let missing = MAP_NAMES.iter().find(|&&name| {
-            name != TALLIES && name != unix::MAP && !dir.join("maps").join(name).exists()
+            name != TALLIES
+                && name != unix::MAP
+                && name != clock::MAP
+                && !dir.join("maps").join(name).exists()
         });
         if let Some(name) = missing {
             bail!(
@@ -169,9 +172,10 @@ impl Enforcer {
                 // an event, and there is nothing to harvest.
                 continue;
             }
-            if name == unix::MAP && !path.exists() {
-                // Pinned by a bridle that predates unix enforcement: the map is created now
-                // (the unix programs are loaded against it below).
+            if (name == unix::MAP || name == clock::MAP) && !path.exists() {
+                // Pinned by a bridle that predates unix enforcement, or the coarse clock: the
+                // map is created now (the unix programs are loaded against it below; the
+                // pinned programs do not read it).
                 maps.insert(name.to_owned(), new_map(name, &path)?);
                 continue;
             }
@@ -211,7 +215,7 @@ impl Enforcer {
             programs,
         };
         let unix = adopt_unix(dir, &objects)?;
-        Ok(Some(Enforcer {
+        let mut enforcer = Enforcer {
             objects,
             exec_link: None,
             tier_links: Vec::new(),
@@ -219,7 +223,10 @@ impl Enforcer {
             btf: None,
             unix,
             slots: super::SlotRecord::adopted(),
-        }))
+            boot_offset: clock::BootOffset::default(),
+        };
+        enforcer.sync_clock()?;
+        Ok(Some(enforcer))
     }
 
     /// Attaches the unix-socket programs at a cgroup whose other links were pinned by a
