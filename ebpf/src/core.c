@@ -268,19 +268,28 @@ static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
 // Who the current task is, as a tally key names it (mirrors Identity in main.rs).
 struct bridle_identity {
 	u32 uid;
-	char comm[TASK_COMM_LEN];
+	u32 _pad;
+	u64 comm[TASK_COMM_LEN / 8];
 };
 
 // Fills `out` with the current task's real uid and comm, read in place through its BTF
 // pointer: the values bpf_get_current_uid_gid and bpf_get_current_comm give (the uid as the
 // initial user namespace sees it, the comm NUL-padded as the kernel keeps it), without those
 // helpers' id-map walk and string copy, which were a sixth of a connect program's time.
+//
+// The comm is read as two 8-byte words, not byte by byte: the verifier walks task_struct's
+// members for every load through the pointer, in every state it explores, and sixteen loads
+// added about 14 ms to loading the programs.
 __attribute__((always_inline)) void bridle_current_identity(struct bridle_identity *out)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
+	const u64 *comm = (const u64 *)((const char *)task +
+					__builtin_preserve_field_info(task->comm, 0 /* BYTE_OFFSET */));
 
 	out->uid = task->cred->uid.val;
-	__builtin_memcpy(out->comm, task->comm, TASK_COMM_LEN);
+	out->_pad = 0;
+	out->comm[0] = comm[0];
+	out->comm[1] = comm[1];
 }
 
 // --- unix socket addresses ---------------------------------------------------------------

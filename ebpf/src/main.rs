@@ -87,6 +87,7 @@ unsafe extern "C" {
 #[repr(C)]
 pub(crate) struct Identity {
     pub(crate) uid: u32,
+    _pad: u32,
     pub(crate) comm: [u8; COMM_LEN],
 }
 

@@ -1,8 +1,8 @@
-//! The kernel programs' clock: they check expiries against the coarse monotonic clock plus
+//! The socket programs' clock: they check expiries against the coarse monotonic clock plus
 //! `BOOT_OFFSET`, the time the machine has spent suspended (`CLOCK_BOOTTIME` minus
-//! `CLOCK_MONOTONIC`), which only user space can measure. Written at load and again whenever it
-//! changes (after a resume), so expiries stay on `CLOCK_BOOTTIME`, the clock permits are issued
-//! on.
+//! `CLOCK_MONOTONIC`), which no helper they may call gives them. Written at load and again
+//! whenever it changes (after a resume), so expiries stay on `CLOCK_BOOTTIME`, the clock
+//! permits are issued on.
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, Map};
