@@ -314,6 +314,9 @@ fn enforcement_survives_a_killed_daemon_and_a_restart_adopts_it() {
         !marker.exists(),
         "a refused exec ran while the daemon was down"
     );
+    // As a bridle from before the socket programs' clock offset left its pins: without it.
+    let offset_pin = s.pin_dir.join("maps/BOOT_OFFSET");
+    fs::remove_file(&offset_pin).expect("remove the BOOT_OFFSET pin");
 
     s.start();
     let status = s.bridle(&["status", "--json"]);
@@ -323,6 +326,7 @@ fn enforcement_survives_a_killed_daemon_and_a_restart_adopts_it() {
         "{}",
         status.stdout
     );
+    assert!(offset_pin.exists(), "the missing map is created and pinned");
     // A cgroup created while the daemon runs is confined within its scan interval.
     fs::create_dir_all(s.group.join("w2")).expect("w2");
     s.wait_workloads(2);

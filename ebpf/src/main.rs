@@ -125,7 +125,7 @@ static BOOT_OFFSET: Array<u64> = Array::with_max_entries(1, 0);
 /// `CLOCK_BOOTTIME` in ns, to within a tick: what the socket programs check expiries against
 /// (tracing programs may not call the coarse clock's helper).
 #[inline(always)]
-pub(crate) fn coarse_now() -> u64 {
+fn coarse_now() -> u64 {
     let offset = BOOT_OFFSET.get(0).copied().unwrap_or(0);
     // SAFETY: a plain helper call.
     unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(offset)
@@ -134,7 +134,7 @@ pub(crate) fn coarse_now() -> u64 {
 /// `CLOCK_BOOTTIME` in ns, precisely: what events are stamped with, and what the exec programs
 /// check expiries against.
 #[inline(always)]
-pub(crate) fn precise_now() -> u64 {
+fn precise_now() -> u64 {
     // SAFETY: a plain helper call.
     unsafe { bpf_ktime_get_boot_ns() }
 }
@@ -175,9 +175,21 @@ struct Judgement {
     workload: u64,
     observe: bool,
     decision: Decision,
-    /// `CLOCK_BOOTTIME` ns when judged (for a socket, to within a tick: [`coarse_now`]): the
-    /// time a tally records a repeat at.
+    /// `CLOCK_BOOTTIME` ns when judged, from the judgement's [`Clock`]: the time a tally
+    /// records a repeat at.
     now: u64,
+    /// Whether `now` is precise, so an event can be stamped with it.
+    precise: bool,
+}
+
+/// The clock a judgement checks expiries against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// [`coarse_now`]: the socket programs.
+    Coarse,
+    /// [`precise_now`]: tracing programs, which may not read the coarse clock (an exec is no
+    /// hot path anyway).
+    Precise,
 }
 
 /// Whether the current task is inside any workload (a walk up its cgroups, nothing more).
@@ -198,6 +210,16 @@ pub(crate) fn in_a_workload() -> bool {
 }
 
 impl Judgement {
+    /// The precise time to stamp an event of this judgement with: `now` when it is precise.
+    #[inline(always)]
+    pub(crate) fn stamp(&self) -> u64 {
+        if self.precise {
+            self.now
+        } else {
+            precise_now()
+        }
+    }
+
     /// Takes one workload's decision, in order from the outermost: the first refusal stands.
     #[inline(always)]
     fn decide_for(&mut self, workload: u64, w: &Workload, d: Decision) {
@@ -211,18 +233,23 @@ impl Judgement {
     }
 }
 
-/// Judges the current task at `now` for each workload it belongs to, with `decide` giving one
+/// Judges the current task at the time `clock` gives for each workload it belongs to, with `decide` giving one
 /// workload's decision. Two nested workloads are judged (they cover what bridle makes: a
 /// `bridle run` inside a daemon's workload; a workload cannot load programs of its own to nest
 /// deeper, and the verifier's work grows with every level); a task inside more is refused.
 #[inline(always)]
-fn judge(now: u64, mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
+fn judge(clock: Clock, mut decide: impl FnMut(u64, &Workload, u64) -> Decision) -> Judgement {
+    let now = match clock {
+        Clock::Coarse => coarse_now(),
+        Clock::Precise => precise_now(),
+    };
     let mut out = Judgement {
         found: false,
         workload: 0,
         observe: false,
         decision: Decision::default(),
         now,
+        precise: clock == Clock::Precise,
     };
     // First the workloads among the task's ancestors (outermost first), then one decision per
     // workload: the verifier walks the decisions (an address's port rules, say) once per
@@ -287,7 +314,10 @@ fn zero() -> u64 {
 }
 
 /// The current task's comm, read straight into place (aya's wrapper zero-fills a buffer first;
-/// see the note on zeros).
+/// see the note on zeros). Events, sent once per distinct decision, use this helper; the
+/// tally key, built on every permitted connect, reads the comm in place ([`current_identity`]),
+/// which is cheaper to run but costs the verifier a walk of task_struct in every program and
+/// state that does it.
 #[inline(always)]
 fn current_comm() -> [u8; COMM_LEN] {
     let mut comm = core::mem::MaybeUninit::<[u8; COMM_LEN]>::uninit();
@@ -328,7 +358,7 @@ unsafe fn fill_head(
         (*ev)._pad = 0;
         (*ev).workload = j.workload;
         (*ev).cgroup = bpf_get_current_cgroup_id();
-        (*ev).time_ns = precise_now();
+        (*ev).time_ns = j.stamp();
         (*ev).permit_id = j.decision.permit_id;
         let zero = zero();
         (*ev).dev = zero;
@@ -400,6 +430,7 @@ pub(crate) fn judge_exec(bprm: *const u8, file: &mut ExecFile) -> Judgement {
             observe: false,
             decision: Decision::default(),
             now: 0,
+            precise: false,
         };
     }
     // SAFETY: `bprm` comes from the hook; the accessor only probe-reads it.
@@ -412,9 +443,8 @@ pub(crate) fn judge_exec(bprm: *const u8, file: &mut ExecFile) -> Judgement {
     // SAFETY: as above; `place.place` is zeroed, as the accessor expects.
     let have_place = !unreadable && unsafe { bridle_read_exec_place(bprm, &mut place.place) } == 0;
     let (dev, ino, anonymous) = (file.dev, file.ino, file.nlink == 0);
-    // One judge for every case (each instance is code the verifier walks again). Tracing
-    // programs cannot read the coarse clock (an exec is no hot path anyway).
-    judge(precise_now(), |slot, w, now| {
+    // One judge for every case (each instance is code the verifier walks again).
+    judge(Clock::Precise, |slot, w, now| {
         if unreadable {
             // Fail closed: a file that cannot be read is refused by every workload.
             return Decision {

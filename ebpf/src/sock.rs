@@ -13,7 +13,7 @@ use bridle_common::{
 };
 
 use crate::{
-    coarse_now, count, emit, finish_connect, judge, port_decision, NET_RULES, SOCK_ALLOW, SOCK_DENY,
+    count, emit, finish_connect, judge, port_decision, Clock, NET_RULES, SOCK_ALLOW, SOCK_DENY,
 };
 
 /// `AF_PACKET`: link-layer sockets, which see and forge whole frames.
@@ -47,7 +47,7 @@ pub(crate) fn inet4(ctx: &SockAddrContext, kind: u8) -> i32 {
         ((0xffff << 32) | u128::from(ip)).to_be_bytes(),
         (u128::from(ip) << 96).to_be_bytes(),
     );
-    let j = judge(coarse_now(), |slot, w, now| {
+    let j = judge(Clock::Coarse, |slot, w, now| {
         let key = Key::new(
             NET_KEY_SLOT_BITS + 128,
             NetKey {
@@ -74,7 +74,7 @@ pub(crate) fn inet6(ctx: &SockAddrContext, kind: u8) -> i32 {
         addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
     let port = u16::from_be(port as u16);
-    let j = judge(coarse_now(), |slot, w, now| {
+    let j = judge(Clock::Coarse, |slot, w, now| {
         let key = Key::new(
             NET_KEY_SLOT_BITS + 128,
             NetKey {
@@ -112,7 +112,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     if family != AF_PACKET && kind != SOCK_RAW && kind != SOCK_PACKET {
         return SOCK_ALLOW;
     }
-    let j = judge(coarse_now(), |_, w, _| Decision {
+    let j = judge(Clock::Coarse, |_, w, _| Decision {
         effect: w.raw_effect,
         code: w.raw_code,
         rule: w.raw_rule,

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use bridle_common::{TallyCount, TallyKey, STAT_EVENTS_LOST, TALLY_CURRENT, TALLY_ENTRIES};
 
-use crate::{count, current_identity, emit_head, precise_now, Judgement};
+use crate::{count, current_identity, emit_head, Judgement};
 
 /// One tally map (the type every map swapped into `TALLIES` has).
 type Tally =
@@ -66,7 +66,7 @@ pub(crate) fn permit(j: &Judgement, kind: u8, port: u16, addr: &[u8; 16]) {
         return;
     }
     // The first decision is stamped as precisely as its event.
-    let at = precise_now();
+    let at = j.stamp();
     let first = TallyCount {
         count: 0,
         first_ns: at,

@@ -23,7 +23,7 @@ use bridle_common::{
     UNIX_PATH_LEN,
 };
 
-use crate::{coarse_now, count, emit, judge, live, Judgement, SOCK_ALLOW, SOCK_DENY};
+use crate::{count, emit, judge, live, Clock, Judgement, SOCK_ALLOW, SOCK_DENY};
 
 /// Unix-socket decisions by (policy slot, address).
 #[map]
@@ -75,7 +75,7 @@ fn judge_unix(ctx: *mut bpf_sock_addr, kind: u8) -> i32 {
     let unreadable = len <= 0;
     key.len = len.max(0) as u32;
     let noncanonical = noncanonical != 0;
-    let j = judge(coarse_now(), |slot, w, now| {
+    let j = judge(Clock::Coarse, |slot, w, now| {
         if unreadable {
             return refusal();
         }

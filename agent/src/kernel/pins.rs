@@ -81,6 +81,11 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Maps a pin set from an earlier bridle may lack, created when adopting it: the unix
+/// programs (loaded by the adopting daemon) read the unix map and the clock offset, and the
+/// pinned programs read neither.
+const CREATED_WHEN_MISSING: [&str; 2] = [unix::MAP, clock::MAP];
+
 impl Enforcer {
     /// Pins every map, the programs new attachments need, and the exec hook's link under
     /// `dir`: from then on they outlive this process.
@@ -143,15 +148,14 @@ impl Enforcer {
         if !dir.join("links").join("exec_guard").exists() {
             return Ok(None);
         }
-        // Every map this bridle's programs read must be pinned, except the three that earlier
-        // bridles lacked and that the loop below does without or creates. A pin set without one
-        // of the others comes from a bridle whose programs read other maps (NET4_RULES and
-        // NET6_RULES before the address trie was one): entries written here would never reach
-        // them.
+        // Every map this bridle's programs read must be pinned, except those that earlier
+        // bridles lacked and that the loop below does without (TALLIES) or creates. A pin set
+        // without one of the others comes from a bridle whose programs read other maps
+        // (NET4_RULES and NET6_RULES before the address trie was one): entries written here
+        // would never reach them.
         let missing = MAP_NAMES.iter().find(|&&name| {
             name != TALLIES
-                && name != unix::MAP
-                && name != clock::MAP
+                && !CREATED_WHEN_MISSING.contains(&name)
                 && !dir.join("maps").join(name).exists()
         });
         if let Some(name) = missing {
@@ -165,6 +169,7 @@ impl Enforcer {
             );
         }
         let mut maps = BTreeMap::new();
+        let mut to_create = Vec::new();
         for name in MAP_NAMES {
             let path = dir.join("maps").join(name);
             if name == TALLIES && !path.exists() {
@@ -172,11 +177,8 @@ impl Enforcer {
                 // an event, and there is nothing to harvest.
                 continue;
             }
-            if (name == unix::MAP || name == clock::MAP) && !path.exists() {
-                // Pinned by a bridle that predates unix enforcement, or the coarse clock: the
-                // map is created now (the unix programs are loaded against it below; the
-                // pinned programs do not read it).
-                maps.insert(name.to_owned(), new_map(name, &path)?);
+            if CREATED_WHEN_MISSING.contains(&name) && !path.exists() {
+                to_create.push(name);
                 continue;
             }
             let data = MapData::from_pin(&path)
@@ -186,6 +188,7 @@ impl Enforcer {
             })?;
             maps.insert(name.to_owned(), map);
         }
+        maps.extend(new_maps(&to_create, &dir.join("maps"))?);
         let mut programs = BTreeMap::new();
         for (name, attach) in SOCK_ADDR_PROGRAMS {
             let path = dir.join("programs").join(name);
@@ -307,16 +310,25 @@ impl Enforcer {
     }
 }
 
-/// Creates map `name` as the object defines it, and pins it at `path`.
-fn new_map(name: &str, path: &Path) -> Result<Map> {
-    // Loading the object creates its maps (and loads no program); all but this one go again.
+/// Creates and pins `names` under `dir`, as the object declares them.
+fn new_maps(names: &[&str], dir: &Path) -> Result<Vec<(String, Map)>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Loading the object creates its maps (and loads no program); all but these go again.
     let mut fresh = aya::Ebpf::load(OBJECT).context("loading bridle's eBPF object")?;
-    let map = fresh
-        .take_map(name)
-        .with_context(|| format!("the eBPF object has no map {name}"))?;
-    map.pin(path)
-        .with_context(|| format!("pinning map {name} at {}", path.display()))?;
-    Ok(map)
+    names
+        .iter()
+        .map(|&name| {
+            let map = fresh
+                .take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))?;
+            let path = dir.join(name);
+            map.pin(&path)
+                .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+            Ok((name.to_owned(), map))
+        })
+        .collect()
 }
 
 /// The unix-socket programs of an adopted pin directory: those pinned there, else loaded now
